@@ -1,0 +1,25 @@
+# `make run` and `make test` do all the set-up themselves: a virtualenv in .venv, the project
+# installed into it (editable) with its dependencies.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	@echo "demo: the seed's pwait, waiting for a process that is not our child"
+	sleep 1 & $(VENV)/bin/kqd pwait -v $$!
+
+test: setup
+	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check kqd client tests bench
+
+bench: setup
+	$(PY) -m bench scaling

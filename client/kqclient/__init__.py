@@ -1,0 +1,1 @@
+"""kqclient: the kqd client library (remote kqueues over gRPC)."""

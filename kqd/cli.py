@@ -1,0 +1,50 @@
+"""The ``kqd`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from kqd.core import KQ_EV_ADD, KQ_FILTER_PROC, KQ_NOTE_EXIT, kevent, kqueue
+
+
+def describe_status(status: int) -> str:
+    """wait(2) status in words: 'exited with 3', 'killed by signal 9', or 'status unknown'."""
+    if status < 0:
+        return "status unknown"
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exited with {os.WEXITSTATUS(status)}"
+
+
+def _pwait(args: argparse.Namespace) -> int:
+    """The seed article's pwait: wait for any process, not only a child."""
+    with kqueue() as kq:
+        changes = [kevent(pid, KQ_FILTER_PROC, KQ_EV_ADD, KQ_NOTE_EXIT) for pid in args.pids]
+        errors = kq.control(changes, len(changes), 0)
+        for err in errors:
+            if err.data:
+                print(f"kqd pwait: {err.ident}: {os.strerror(err.data)}", file=sys.stderr)
+        waiting = len(changes) - sum(1 for e in errors if e.data)
+        while waiting:
+            for ev in kq.control(None, waiting):
+                waiting -= 1
+                if args.verbose:
+                    print(f"{ev.ident}: {describe_status(ev.data)}")
+    return 1 if any(e.data for e in errors) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kqd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    pwait = sub.add_parser("pwait", help="wait for processes to exit (in-process core demo)")
+    pwait.add_argument("-v", "--verbose", action="store_true", help="print each exit status")
+    pwait.add_argument("pids", metavar="PID", type=int, nargs="+")
+    pwait.set_defaults(func=_pwait)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

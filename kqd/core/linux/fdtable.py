@@ -1,0 +1,157 @@
+"""A kqueue's view of its user's descriptors, and how it notices that one was closed.
+
+FreeBSD drops a descriptor's knotes inside close(2), so a number that is reused never sees a
+stale event. Python code closes descriptors without telling us, and Linux reuses the lowest free
+number at once, so kqd has to notice by itself that a number no longer names the object its
+knotes were attached to. Two kernel facts make that exact and cheap:
+
+* Pollable objects (sockets, pipes, FIFOs, eventfds, other kqueues) sit in our epoll, and epoll
+  keys a registration by (open file, number): it removes the registration when the open file is
+  released, and ``EPOLL_CTL_MOD`` on the number fails (ENOENT, EBADF) as soon as the number names
+  anything else. No extra reference is held, so the user's close() still closes the socket and
+  the peer still sees EOF.
+* Objects epoll refuses (regular files, directories: EPERM) are held through a duplicate
+  descriptor, and ``kcmp(KCMP_FILE)`` tells whether the user's number still names the same open
+  file description. Holding a duplicate of a file changes nothing the user can observe, except
+  that an unlinked file keeps its blocks until the knote goes.
+
+Both checks run lazily: before any change that names the number, and before a knote on it is
+delivered. A stale watch loses its knotes then, pending events included, so it never reports.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+from typing import TYPE_CHECKING
+
+from kqd.core.linux import syscalls
+
+if TYPE_CHECKING:
+    from kqd.core.linux.knote import Knote
+    from kqd.core.linux.kqueue import Kqueue
+
+_EPOLL_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+
+
+class FdWatch:
+    """One user descriptor: the knotes on it (at most one per filter) and how to check it."""
+
+    __slots__ = ("table", "fd", "mode", "ref", "knotes", "sock_error", "identity")
+
+    def __init__(self, table: FdTable, fd: int, st: os.stat_result) -> None:
+        self.table = table
+        self.fd = fd
+        self.mode = st.st_mode
+        self.identity = (st.st_dev, st.st_ino)
+        self.ref: int | None = None  # our duplicate, for objects epoll refuses
+        self.knotes: dict[int, Knote] = {}
+        self.sock_error = 0  # SO_ERROR is cleared by reading it: remember it for EV_EOF
+
+    @property
+    def pollable(self) -> bool:
+        return self.ref is None
+
+    @property
+    def stat_fd(self) -> int:
+        """A descriptor for the object itself, valid while the watch is alive."""
+        return self.fd if self.ref is None else self.ref
+
+    def on_ready(self, events: int) -> None:
+        for kn in list(self.knotes.values()):
+            self.table.kq.activate(kn, events)
+
+    def on_stale(self) -> None:
+        self.table.forget(self)
+
+    def same_object(self) -> bool:
+        """Does the user's number still name the object the knotes were attached to?"""
+        if self.ref is None:
+            try:
+                self.table.kq.modify_source(self.fd, _EPOLL_MASK)
+            except OSError:
+                return False
+            return True
+        try:
+            return syscalls.same_open_file(self.fd, self.ref)
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                return False
+        try:
+            st = os.fstat(self.fd)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.identity
+
+
+class FdTable:
+    """The descriptors a kqueue's fd-based knotes (READ, WRITE, VNODE) sit on."""
+
+    def __init__(self, kq: Kqueue) -> None:
+        self.kq = kq
+        self._watches: dict[int, FdWatch] = {}
+
+    def check(self, fd: int) -> None:
+        """Before a change on *fd*: EBADF unless it is an open descriptor of the user's;
+        a watch left over from an earlier object with that number is dropped."""
+        if self.kq.owns_fd(fd) and fd not in self._watches:
+            raise OSError(errno.EBADF, f"descriptor {fd} belongs to the kqueue itself")
+        try:
+            os.fstat(fd)
+        except (OSError, OverflowError):
+            raise OSError(errno.EBADF, f"{fd} is not an open descriptor") from None
+        watch = self._watches.get(fd)
+        if watch is not None and not watch.same_object():
+            self.forget(watch)
+
+    def attach(self, kn: Knote) -> FdWatch:
+        """Put *kn* on its descriptor's watch, creating the watch (and epoll entry) if needed."""
+        watch = self._watches.get(kn.ident)
+        if watch is None:
+            watch = FdWatch(self, kn.ident, os.fstat(kn.ident))
+            try:
+                self.kq.add_source(kn.ident, _EPOLL_MASK, watch)
+            except PermissionError:
+                watch.ref = fcntl.fcntl(kn.ident, fcntl.F_DUPFD_CLOEXEC, 0)
+            self._watches[kn.ident] = watch
+        watch.knotes[kn.filter] = kn
+        return watch
+
+    def detach(self, kn: Knote) -> None:
+        watch = self._watches.get(kn.ident)
+        if watch is None or watch.knotes.get(kn.filter) is not kn:
+            return
+        del watch.knotes[kn.filter]
+        if not watch.knotes:
+            self._release(watch, registered=True)
+
+    def alive(self, kn: Knote) -> bool:
+        """Before delivering *kn*: is its descriptor still the same object? Drops it if not."""
+        watch = self._watches.get(kn.ident)
+        if watch is None or watch.knotes.get(kn.filter) is not kn:
+            return False
+        if watch.same_object():
+            return True
+        self.forget(watch)
+        return False
+
+    def forget(self, watch: FdWatch) -> None:
+        """The descriptor was closed: drop its knotes (their pending events too). Its epoll
+        entry is gone already or belongs to another file now, so it is not removed."""
+        if self._watches.get(watch.fd) is not watch:
+            return
+        self._release(watch, registered=False)
+        for kn in list(watch.knotes.values()):
+            self.kq.drop(kn)
+
+    def _release(self, watch: FdWatch, *, registered: bool) -> None:
+        if self._watches.get(watch.fd) is watch:
+            del self._watches[watch.fd]
+        if watch.ref is None:
+            if self.kq.source_of(watch.fd) is watch:
+                self.kq.remove_source(watch.fd, registered=registered)
+        else:
+            os.close(watch.ref)
+            watch.ref = None

@@ -1,0 +1,53 @@
+"""The filter interface: FreeBSD's ``struct filterops`` as a small Python class.
+
+One subclass per filter, one instance per kqueue. The engine calls ``attach`` when a knote is
+created, ``touch`` when EV_ADD modifies it, ``event`` to ask whether the object's state warrants
+delivery (with the hint a source passed, or None for "look again"), ``report`` to build the
+fflags/data of a delivered event, and ``detach`` when the knote goes away. Filters raise
+``OSError`` with the errno kqueue would give; the engine turns it into an EV_ERROR entry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kqd.core.constants import KQ_EV_CLEAR
+
+if TYPE_CHECKING:
+    from kqd.core.kevent import kevent
+    from kqd.core.linux.knote import Knote
+    from kqd.core.linux.kqueue import Kqueue
+
+
+class Filter:
+    """Base filterops. ``is_fd`` filters take a descriptor as ident (EBADF when it is not one)."""
+
+    is_fd = False
+
+    def __init__(self, kq: Kqueue) -> None:
+        self.kq = kq
+
+    def attach(self, kn: Knote) -> None:
+        """Start watching the object; raise OSError(errno) to refuse the knote."""
+
+    def detach(self, kn: Knote) -> None:
+        """Stop watching; release whatever attach acquired. Called once per knote."""
+
+    def event(self, kn: Knote, hint: object) -> bool:
+        """Fold *hint* (None: just look again) into kn.fflags/kn.data; is the knote active?"""
+        return kn.fflags != 0 or kn.data != 0
+
+    def touch(self, kn: Knote, change: kevent) -> None:
+        """EV_ADD on an existing knote: take the new NOTE mask and data."""
+        kn.sfflags = change.fflags
+        kn.sdata = change.data
+
+    def report(self, kn: Knote) -> tuple[int, int]:
+        """The (fflags, data) to deliver; EV_CLEAR resets the state once it is read."""
+        fflags, data = kn.fflags, kn.data
+        if kn.flags & KQ_EV_CLEAR:
+            kn.fflags = kn.data = 0
+        return fflags, data
+
+    def close(self) -> None:
+        """The kqueue is closing and every knote is already detached: release shared resources."""

@@ -1,0 +1,504 @@
+"""kqueue(2) on Linux: the knote table, the active queue and ``control()``.
+
+How a FreeBSD kqueue maps onto one epoll instance
+-------------------------------------------------
+The kernel's kqueue keeps, per knote, the state a filter computed and a place in one queue of
+active knotes; ``kevent()`` walks that queue and nothing else. This class keeps the same two
+structures in Python and lets epoll play the part of the kernel's wake-up hooks:
+
+* every kernel object a filter watches (a pidfd, a user's socket, the shared inotify or proc
+  connector descriptor) is one *source* registered in this kqueue's epoll. When epoll reports a
+  source ready, its handler calls ``activate(kn, hint)``: the filter folds the hint into the
+  knote, and the knote joins the active queue if it is not there yet;
+* timers need no descriptor each: a heap of deadlines drives a single timerfd;
+* one eventfd (``_wake``) is readable whenever the active queue is non-empty or another thread
+  posted work, so ``fileno()`` is readable exactly while events are pending (a kqueue can sit in
+  ``selectors`` or in another kqueue), and a thread blocked in ``control()`` wakes up when a
+  second thread makes a change that activates a knote;
+* ``control()`` drains ready sources without blocking, then scans the active queue. The scan
+  only ever touches queued knotes, so one wait costs O(events returned), never O(registered).
+
+Level-triggered knotes (no EV_CLEAR) go back to the tail of the queue after delivery and the
+filter is asked again at the next scan, exactly as ``kqueue_scan()`` does: when the condition no
+longer holds the knote silently leaves the queue. Sources are watched edge-triggered (EPOLLET):
+epoll only has to say "something changed", the filter always reads the real state.
+
+Locking: one re-entrant lock guards all of the above. The blocking ``epoll_wait`` happens outside
+it, so other threads can change the queue meanwhile; what they change reaches the waiter through
+the epoll (new sources) or the wake eventfd (activations, posted callbacks, timers).
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import math
+import os
+import select
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from kqd.core.constants import (
+    KQ_EV_ADD,
+    KQ_EV_CLEAR,
+    KQ_EV_DELETE,
+    KQ_EV_DISABLE,
+    KQ_EV_DISPATCH,
+    KQ_EV_ENABLE,
+    KQ_EV_ERROR,
+    KQ_EV_ONESHOT,
+    KQ_EV_RECEIPT,
+    KQ_EV_SYSFLAGS,
+)
+from kqd.core.kevent import kevent
+from kqd.core.linux import syscalls
+from kqd.core.linux.fdtable import FdTable
+from kqd.core.linux.filter import Filter
+from kqd.core.linux.knote import Knote
+
+_KEPT_FLAGS_MASK = ~(KQ_EV_ADD | KQ_EV_DELETE | KQ_EV_ENABLE | KQ_EV_DISABLE) & 0xFFFF
+
+# Every kqd kqueue by its fileno, so that READ on a kqueue can report its pending count.
+_open_kqueues: weakref.WeakValueDictionary[int, Kqueue] = weakref.WeakValueDictionary()
+
+
+def pending_count(fd: int) -> int | None:
+    """Events pending in the kqd kqueue whose fileno is *fd*, or None if *fd* is not one."""
+    kq = _open_kqueues.get(fd)
+    return None if kq is None else len(kq._queue)
+
+
+class Source(Protocol):
+    """A descriptor in this kqueue's epoll, and what to do when it is ready."""
+
+    def on_ready(self, events: int) -> None: ...
+
+    def on_stale(self) -> None:
+        """The descriptor number now belongs to something else: forget it."""
+
+
+class TimerHandle:
+    """A scheduled callback; ``cancel()`` makes it a no-op."""
+
+    __slots__ = ("deadline", "callback", "cancelled")
+
+    def __init__(self, deadline: int, callback: Callable[[int], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _changes_of(changelist: Iterable[kevent] | None) -> list[kevent]:
+    if changelist is None:
+        return []
+    try:
+        changes = list(changelist)
+    except TypeError:
+        raise TypeError(
+            f"changelist must be an iterable of kevent objects or None, "
+            f"got {type(changelist).__name__}"
+        ) from None
+    for change in changes:
+        if not isinstance(change, kevent):
+            raise TypeError(
+                f"changelist must contain kevent objects, got {type(change).__name__}; "
+                "build changes with kevent(ident, filter, flags, fflags, data, udata)"
+            )
+    return changes
+
+
+def _check_max_events(max_events: object) -> int:
+    if isinstance(max_events, bool) or not isinstance(max_events, int):
+        raise TypeError(f"max_events must be an int, got {type(max_events).__name__}")
+    if max_events < 0:
+        raise ValueError(f"Length of eventlist must be 0 or positive, got {max_events}")
+    return max_events
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"timeout argument must be a number or None, got {type(timeout).__name__}"
+        )
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be positive or None, got {timeout}")
+    return float(timeout)
+
+
+class Kqueue:
+    """A kqueue: ``control(changelist, max_events, timeout=None)`` as in ``select.kqueue``.
+
+    Thread-safe; see the module docstring for how it maps onto epoll.
+    """
+
+    def __init__(self) -> None:
+        from kqd.core.linux.filters import FILTERS
+
+        self._lock = threading.RLock()
+        self._closed = False
+        self._epoll = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_armed = False
+        self._timerfd = syscalls.timerfd_create()
+        self._epoll.register(self._wake, select.EPOLLIN)
+        self._epoll.register(self._timerfd, select.EPOLLIN)
+        self._timers: list[tuple[int, int, TimerHandle]] = []
+        self._timer_seq = itertools.count()
+        self._timerfd_deadline: int | None = None
+        self._sources: dict[int, Source] = {}
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._knotes: dict[tuple[int, int], Knote] = {}
+        self._queue: OrderedDict[Knote, None] = OrderedDict()
+        self.fds = FdTable(self)
+        self._filters: dict[int, Filter] = {value: cls(self) for value, cls in FILTERS.items()}
+        _open_kqueues[self._epoll.fileno()] = self
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        """A descriptor that polls readable while events are pending."""
+        self._check_open()
+        return self._epoll.fileno()
+
+    def __enter__(self) -> Kqueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._epoll.fileno()}"
+        return f"<kqd.core.kqueue {state} knotes={len(self._knotes)}>"
+
+    def close(self) -> None:
+        """Drop every knote and release every descriptor; a second close does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for kn in list(self._knotes.values()):
+                self.drop(kn)
+            for flt in self._filters.values():
+                flt.close()
+            self._queue.clear()
+            _open_kqueues.pop(self._epoll.fileno(), None)
+            # Wake any thread blocked in epoll_wait before the descriptors go.
+            os.eventfd_write(self._wake, 1)
+            self._epoll.close()
+            os.close(self._wake)
+            os.close(self._timerfd)
+
+    def control(
+        self,
+        changelist: Iterable[kevent] | None,
+        max_events: int,
+        timeout: float | None = None,
+    ) -> list[kevent]:
+        """Apply *changelist*, then return up to *max_events* pending events.
+
+        *timeout* None waits forever, 0 polls; ``max_events == 0`` never waits. A change that
+        fails (or any change with KQ_EV_RECEIPT) is reported as a KQ_EV_ERROR entry with the
+        errno in ``data``, and then no events are collected in that call; when there is no room
+        left to report a failure the call raises OSError with that errno.
+        """
+        changes = _changes_of(changelist)
+        max_events = _check_max_events(max_events)
+        wait = _check_timeout(timeout)
+        with self._lock:
+            self._check_open()
+            receipts = self._apply(changes, max_events)
+            if receipts is not None:
+                return receipts
+        if max_events == 0:
+            return []
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            with self._lock:
+                self._check_open()
+                self._pump(self._epoll.poll(0))
+                events = self._scan(max_events)
+            if events:
+                return events
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            ready = self._epoll.poll(-1 if remaining is None else remaining)
+            with self._lock:
+                self._check_open()
+                self._pump(ready)
+
+    # ----------------------------------------------------------------- services for filters
+
+    def activate(self, kn: Knote, hint: object) -> None:
+        """A source saw *hint* for *kn*: ask the filter, and queue the knote if it is active."""
+        if kn.dropped:
+            return
+        if kn.fop.event(kn, hint):
+            kn.active = True
+            self._enqueue(kn)
+
+    def add_source(self, fd: int, events: int, source: Source) -> None:
+        """Watch *fd* in this kqueue's epoll; raises OSError (EPERM for regular files)."""
+        stale = self._sources.pop(fd, None)
+        if stale is not None:
+            stale.on_stale()
+        self._epoll.register(fd, events)
+        self._sources[fd] = source
+
+    def owns_fd(self, fd: int) -> bool:
+        """Is *fd* one of this kqueue's own descriptors (or watched by it)?"""
+        return fd in (self._wake, self._timerfd, self._epoll.fileno()) or fd in self._sources
+
+    def source_of(self, fd: int) -> Source | None:
+        return self._sources.get(fd)
+
+    def modify_source(self, fd: int, events: int) -> None:
+        """Re-arm *fd*; raises OSError (ENOENT/EBADF) when *fd* is no longer what was added."""
+        self._epoll.modify(fd, events)
+
+    def remove_source(self, fd: int, *, registered: bool = True) -> None:
+        """Stop watching *fd*; *registered* False when the kernel already dropped it."""
+        self._sources.pop(fd, None)
+        if registered:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass
+
+    def post(self, callback: Callable[[], None]) -> None:
+        """Run *callback* under this kqueue's lock at its next pump. Safe from any thread."""
+        self._inbox.append(callback)
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:
+            pass  # closed meanwhile: nothing will run the inbox again
+
+    def call_at(self, deadline_ns: int, callback: Callable[[int], None]) -> TimerHandle:
+        """Call ``callback(now_ns)`` at CLOCK_MONOTONIC *deadline_ns* (or soon after)."""
+        handle = TimerHandle(deadline_ns, callback)
+        heapq.heappush(self._timers, (deadline_ns, next(self._timer_seq), handle))
+        self._arm_timerfd()
+        return handle
+
+    def register(self, change: kevent) -> int:
+        """Apply one change; the errno, or 0. Filters use it to create NOTE_TRACK knotes."""
+        try:
+            self._register(change)
+        except OSError as exc:
+            return exc.errno or errno.EINVAL
+        return 0
+
+    def enqueue_anonymous(self, kn: Knote) -> None:
+        """Queue a knote that is not in the (ident, filter) table (a NOTE_CHILD notice)."""
+        kn.anonymous = True
+        kn.active = True
+        self._enqueue(kn)
+
+    def drop(self, kn: Knote) -> None:
+        """Detach and forget *kn* with any pending event (EV_DELETE, ONESHOT, close)."""
+        if kn.dropped:
+            return
+        kn.dropped = True
+        if not kn.anonymous and self._knotes.get(kn.key) is kn:
+            del self._knotes[kn.key]
+        self._queue.pop(kn, None)
+        kn.queued = False
+        kn.fop.detach(kn)
+
+    def dequeue(self, kn: Knote) -> None:
+        """Take *kn* out of the active queue and forget that it was active (timer re-add)."""
+        self._queue.pop(kn, None)
+        kn.queued = False
+        kn.active = False
+
+    # ----------------------------------------------------------------- internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("I/O operation on closed kqueue object")
+
+    def _enqueue(self, kn: Knote) -> None:
+        if kn.queued or kn.disabled or kn.dropped:
+            return
+        kn.queued = True
+        self._queue[kn] = None
+        if not self._wake_armed:
+            self._wake_armed = True
+            os.eventfd_write(self._wake, 1)
+
+    def _apply(self, changes: list[kevent], max_events: int) -> list[kevent] | None:
+        """kevent(2)'s changelist loop; the receipts/errors to return, or None to go on."""
+        receipts: list[kevent] = []
+        room = max_events
+        for change in changes:
+            if change.filter == 0:
+                continue  # FreeBSD skips filter 0 silently
+            try:
+                self._register(change)
+                error = 0
+            except OSError as exc:
+                error = exc.errno or errno.EINVAL
+                reason = exc.strerror or os.strerror(error)
+            if error == 0 and not change.flags & KQ_EV_RECEIPT:
+                continue
+            if room == 0:
+                if error:
+                    raise OSError(
+                        error,
+                        f"change {change!r} failed: {reason}; there was no room in the "
+                        "eventlist to report it (pass max_events > 0 to get one KQ_EV_ERROR "
+                        "entry per failed change)",
+                    )
+                # A receipt without room ends the call, as in FreeBSD: later changes are
+                # not applied and nothing is returned.
+                return []
+            receipts.append(
+                kevent(change.ident, change.filter, KQ_EV_ERROR, change.fflags, error, change.udata)
+            )
+            room -= 1
+        return receipts or None
+
+    def _register(self, change: kevent) -> None:
+        """``kqueue_register()``: create, modify, delete, enable or disable one knote."""
+        flags = change.flags & ~KQ_EV_SYSFLAGS
+        if flags & (KQ_EV_ENABLE | KQ_EV_DISABLE) == KQ_EV_ENABLE | KQ_EV_DISABLE:
+            raise OSError(errno.EINVAL, "KQ_EV_ENABLE and KQ_EV_DISABLE together")
+        fop = self._filters.get(change.filter)
+        if fop is None:
+            raise OSError(errno.EINVAL, f"unknown filter {change.filter}")
+        if fop.is_fd:
+            if change.ident == self._epoll.fileno():
+                raise OSError(errno.EINVAL, "a kqueue cannot watch itself")
+            self.fds.check(change.ident)
+        key = (change.ident, change.filter)
+        kn = self._knotes.get(key)
+        if kn is None:
+            if not flags & KQ_EV_ADD:
+                raise OSError(errno.ENOENT, "no such knote")
+            kn = Knote(
+                ident=change.ident,
+                filter=change.filter,
+                flags=flags & _KEPT_FLAGS_MASK,
+                sfflags=change.fflags,
+                sdata=change.data,
+                udata=change.udata,
+                fop=fop,
+                disabled=bool(flags & KQ_EV_DISABLE),
+            )
+            fop.attach(kn)
+            self._knotes[key] = kn
+        elif flags & KQ_EV_DELETE:
+            self.drop(kn)
+            return
+        else:
+            kn.udata = change.udata
+            fop.touch(kn, change)
+        if flags & KQ_EV_ENABLE:
+            kn.disabled = False
+        elif flags & KQ_EV_DISABLE:
+            kn.disabled = True
+            self._queue.pop(kn, None)
+            kn.queued = False
+        if not kn.disabled and fop.event(kn, None):
+            kn.active = True
+        if kn.active:
+            self._enqueue(kn)
+
+    def _pump(self, ready: list[tuple[int, int]]) -> None:
+        """Hand ready sources to their handlers, then run posted callbacks and due timers."""
+        for fd, events in ready:
+            if fd == self._wake:
+                try:
+                    os.eventfd_read(self._wake)
+                except BlockingIOError:
+                    pass
+                self._wake_armed = False
+            elif fd == self._timerfd:
+                try:
+                    os.read(self._timerfd, 8)
+                except BlockingIOError:
+                    pass
+                self._timerfd_deadline = None
+            else:
+                source = self._sources.get(fd)
+                if source is not None:
+                    source.on_ready(events)
+        while self._inbox:
+            self._inbox.popleft()()
+        if self._timers and self._timers[0][0] <= time.monotonic_ns():
+            self._run_timers()
+
+    def _run_timers(self) -> None:
+        now = time.monotonic_ns()
+        while self._timers and self._timers[0][0] <= now:
+            handle = heapq.heappop(self._timers)[2]
+            if not handle.cancelled:
+                handle.callback(now)
+        self._arm_timerfd()
+
+    def _arm_timerfd(self) -> None:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if len(self._timers) > 64 and sum(t[2].cancelled for t in self._timers[:64]) > 32:
+            self._timers = [t for t in self._timers if not t[2].cancelled]
+            heapq.heapify(self._timers)
+        deadline = self._timers[0][0] if self._timers else None
+        if deadline != self._timerfd_deadline:
+            syscalls.timerfd_arm(self._timerfd, deadline)
+            self._timerfd_deadline = deadline
+
+    def _scan(self, max_events: int) -> list[kevent]:
+        """``kqueue_scan()``: deliver up to *max_events* queued knotes, each at most once."""
+        out: list[kevent] = []
+        for _ in range(len(self._queue)):
+            if len(out) >= max_events:
+                break
+            kn, _none = self._queue.popitem(last=False)
+            kn.queued = False
+            fop = kn.fop
+            if kn.drop_unreported:
+                self.drop(kn)
+                continue
+            if fop.is_fd and not self.fds.alive(kn):
+                continue  # the descriptor was closed: its knotes are gone, stale state too
+            if kn.flags & KQ_EV_ONESHOT:
+                fflags, data = fop.report(kn)
+                out.append(kevent(kn.ident, kn.filter, kn.flags, fflags, data, kn.udata))
+                self.drop(kn)
+                continue
+            if not fop.event(kn, None):
+                kn.active = False
+                continue
+            fflags, data = fop.report(kn)
+            out.append(kevent(kn.ident, kn.filter, kn.flags, fflags, data, kn.udata))
+            if kn.flags & (KQ_EV_CLEAR | KQ_EV_DISPATCH):
+                if kn.flags & KQ_EV_DISPATCH:
+                    kn.disabled = True
+                kn.active = False
+            else:
+                kn.queued = True
+                self._queue[kn] = None
+        if not self._queue and self._wake_armed:
+            # Nothing pending any more: make fileno() stop polling readable.
+            try:
+                os.eventfd_read(self._wake)
+            except BlockingIOError:
+                pass
+            self._wake_armed = False
+            if self._inbox:
+                self.post(lambda: None)  # keep the wake-up for callbacks still waiting
+        return out

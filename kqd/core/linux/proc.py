@@ -1,0 +1,200 @@
+"""EVFILT_PROC: any visible process, by pid, through a pidfd (plus the proc connector).
+
+A pidfd names one process for good, so a recycled pid can never be mistaken for the process the
+knote was attached to. The exit status of a process that is not our child comes from the kernel
+once its parent has reaped it (PIDFD_GET_INFO, Linux >= 6.15), or from /proc/<pid>/stat while it
+is a zombie; the pidfd tells which of the two moments we are in. Where neither is possible
+(an older kernel and a parent that reaps at once) NOTE_EXIT is still delivered, with data -1.
+We never reap: the parent's wait() still gets its status.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+
+from kqd.core.constants import (
+    KQ_EV_ADD,
+    KQ_EV_CLEAR,
+    KQ_EV_EOF,
+    KQ_EV_ONESHOT,
+    KQ_FILTER_PROC,
+    KQ_NOTE_CHILD,
+    KQ_NOTE_EXEC,
+    KQ_NOTE_EXIT,
+    KQ_NOTE_FORK,
+    KQ_NOTE_TRACK,
+    KQ_NOTE_TRACKERR,
+)
+from kqd.core.kevent import kevent
+from kqd.core.linux import proc_connector, syscalls
+from kqd.core.linux.fdstate import poll_now
+from kqd.core.linux.filter import Filter
+from kqd.core.linux.knote import Knote
+
+_NEEDS_CONNECTOR = KQ_NOTE_FORK | KQ_NOTE_EXEC | KQ_NOTE_TRACK
+_STAT_EXIT_CODE_FIELD = 52
+
+
+def _zombie_exit_code(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Field 2 (comm) may hold spaces and parentheses: count fields after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[_STAT_EXIT_CODE_FIELD - 3])
+    except (IndexError, ValueError):
+        return None
+
+
+def exit_status(pidfd: int, pid: int) -> int:
+    """The wait(2) status of the exited process behind *pidfd*; -1 when it cannot be known."""
+    status = syscalls.pidfd_exit_code(pidfd)
+    if status is not None:
+        return status
+    status = _zombie_exit_code(pid)
+    # Until the process is reaped its pid cannot be reused, so /proc/<pid> was this process.
+    if status is not None and not poll_now(pidfd) & select.POLLHUP:
+        return status
+    status = syscalls.pidfd_exit_code(pidfd)
+    return -1 if status is None else status
+
+
+class ExitHint:
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class ProcState:
+    __slots__ = ("pidfd", "exited", "connector")
+
+    def __init__(self, pidfd: int) -> None:
+        self.pidfd: int | None = pidfd
+        self.exited = False
+        self.connector: proc_connector.Subscription | None = None
+
+
+class _PidfdSource:
+    def __init__(self, flt: ProcFilter, kn: Knote) -> None:
+        self.flt = flt
+        self.kn = kn
+
+    def on_ready(self, events: int) -> None:
+        self.flt.exited(self.kn)
+
+    def on_stale(self) -> None:
+        pass
+
+
+class ProcFilter(Filter):
+    """NOTE_EXIT (data = wait status, EV_EOF, then the knote is gone), NOTE_FORK, NOTE_EXEC,
+    NOTE_TRACK (children get the same knote, and a NOTE_CHILD event with data = parent pid)."""
+
+    def attach(self, kn: Knote) -> None:
+        if kn.sfflags & _NEEDS_CONNECTOR:
+            proc_connector.ProcConnector.shared()
+        if kn.ident > 0x7FFFFFFF:
+            raise OSError(errno.ESRCH, f"no process {kn.ident}")
+        pidfd = os.pidfd_open(kn.ident)
+        kn.flags |= KQ_EV_CLEAR
+        state = ProcState(pidfd)
+        kn.hook = state
+        self.kq.add_source(pidfd, select.EPOLLIN | select.EPOLLET, _PidfdSource(self, kn))
+        self._follow_connector(kn)
+        if poll_now(pidfd) & select.POLLIN:
+            self.exited(kn)  # a zombie: report the exit at once
+
+    def detach(self, kn: Knote) -> None:
+        state: ProcState | None = kn.hook
+        if state is not None:
+            self._release(state)
+
+    def touch(self, kn: Knote, change: kevent) -> None:
+        if change.fflags & _NEEDS_CONNECTOR:
+            proc_connector.ProcConnector.shared()
+        super().touch(kn, change)
+        self._follow_connector(kn)
+
+    def event(self, kn: Knote, hint: object) -> bool:
+        if isinstance(hint, ExitHint):
+            if kn.sfflags & KQ_NOTE_EXIT:
+                kn.fflags |= KQ_NOTE_EXIT
+                kn.data = hint.status
+            kn.flags |= KQ_EV_EOF | KQ_EV_ONESHOT
+            if kn.fflags == 0:
+                kn.drop_unreported = True
+            return True
+        if isinstance(hint, int) and kn.sfflags & hint:
+            kn.fflags |= hint
+        return kn.fflags != 0
+
+    def exited(self, kn: Knote) -> None:
+        state: ProcState = kn.hook
+        if state.exited or state.pidfd is None:
+            return
+        state.exited = True
+        status = exit_status(state.pidfd, kn.ident)
+        self._release(state)
+        self.kq.activate(kn, ExitHint(status))
+
+    def _release(self, state: ProcState) -> None:
+        if state.connector is not None:
+            state.connector.cancel()
+            state.connector = None
+        if state.pidfd is not None:
+            self.kq.remove_source(state.pidfd)
+            os.close(state.pidfd)
+            state.pidfd = None
+
+    def _follow_connector(self, kn: Knote) -> None:
+        state: ProcState = kn.hook
+        wanted = bool(kn.sfflags & _NEEDS_CONNECTOR) and not state.exited
+        if wanted and state.connector is None:
+            connector = proc_connector.ProcConnector.shared()
+            state.connector = connector.subscribe(
+                kn.ident, self.kq, lambda what, child: self._connector_event(kn, what, child)
+            )
+        elif not wanted and state.connector is not None:
+            state.connector.cancel()
+            state.connector = None
+
+    def _connector_event(self, kn: Knote, what: str, child: int) -> None:
+        if kn.dropped:
+            return
+        if what == proc_connector.EXEC:
+            self.kq.activate(kn, KQ_NOTE_EXEC)
+        elif what == proc_connector.LOST:
+            if kn.sfflags & KQ_NOTE_TRACK:
+                kn.fflags |= KQ_NOTE_TRACKERR
+                self.kq.activate(kn, None)
+        else:
+            if kn.sfflags & KQ_NOTE_TRACK:
+                self._track(kn, child)
+            self.kq.activate(kn, KQ_NOTE_FORK)
+
+    def _track(self, parent: Knote, child: int) -> None:
+        """FreeBSD's knote_fork(): a NOTE_CHILD notice, and a knote that tracks the child."""
+        notice = Knote(
+            ident=child,
+            filter=KQ_FILTER_PROC,
+            flags=parent.flags | KQ_EV_ONESHOT,
+            sfflags=parent.sfflags & ~KQ_NOTE_EXIT,
+            sdata=parent.ident,
+            udata=parent.udata,
+            fop=self,
+            fflags=KQ_NOTE_CHILD,
+            data=parent.ident,
+        )
+        self.kq.enqueue_anonymous(notice)
+        error = self.kq.register(
+            kevent(child, KQ_FILTER_PROC, parent.flags | KQ_EV_ADD, parent.sfflags,
+                   parent.ident, parent.udata)
+        )
+        if error:
+            parent.fflags |= KQ_NOTE_TRACKERR
