@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from kqd.core.constants import *  # noqa: F403
 from kqd.core import constants as _constants_module
+from kqd.core.constants import *  # noqa: F403
 from kqd.core.kevent import kevent
 
-__all__ = ["kevent", "kqueue", *sorted(n for n in vars(_constants_module) if n.startswith("KQ_"))]
+__all__ = ["kevent", "kqueue", *sorted(n for n in vars(_constants_module) if n.startswith("KQ_"))]  # noqa: F405 - kqueue comes from __getattr__
 
 
 def __getattr__(name: str) -> Any:

@@ -72,9 +72,7 @@ KQ_NOTE_FFLAGSMASK = 0x00FFFFFF
 KQ_NOTE_TRIGGER = 0x01000000
 
 FILTER_NAMES: dict[int, str] = {
-    value: name
-    for name, value in globals().items()
-    if name.startswith("KQ_FILTER_")
+    value: name for name, value in globals().items() if name.startswith("KQ_FILTER_")
 }
 
 FLAG_NAMES: dict[int, str] = {

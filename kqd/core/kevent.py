@@ -65,7 +65,7 @@ class kevent:  # noqa: N801 - the name select.kevent users know
     ``select.kevent``.
     """
 
-    __slots__ = ("ident", "filter", "flags", "fflags", "data", "udata")
+    __slots__ = ("data", "fflags", "filter", "flags", "ident", "udata")
     __hash__ = None  # type: ignore[assignment]
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The Linux backend of the kqd core: kqueue semantics on epoll, pidfd, inotify, timerfd and eventfd."""
+"""The Linux backend of the kqd core: kqueue on epoll, pidfd, inotify, timerfd and eventfd."""
 
 from kqd.core.linux.kqueue import Kqueue
 

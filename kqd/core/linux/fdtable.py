@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import select
+import stat
 from typing import TYPE_CHECKING
 
 from kqd.core.linux import syscalls
@@ -39,7 +40,7 @@ _EPOLL_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOL
 class FdWatch:
     """One user descriptor: the knotes on it (at most one per filter) and how to check it."""
 
-    __slots__ = ("table", "fd", "mode", "ref", "knotes", "sock_error", "identity")
+    __slots__ = ("fd", "identity", "knotes", "mode", "ref", "sock_error", "table")
 
     def __init__(self, table: FdTable, fd: int, st: os.stat_result) -> None:
         self.table = table
@@ -66,9 +67,16 @@ class FdWatch:
     def on_stale(self) -> None:
         self.table.forget(self)
 
-    def same_object(self) -> bool:
-        """Does the user's number still name the object the knotes were attached to?"""
+    def same_object(self, *, may_rearm: bool) -> bool:
+        """Does the user's number still name the object the knotes were attached to?
+
+        ``EPOLL_CTL_MOD`` is exact but re-arms the edge, which would re-activate an EV_CLEAR
+        knote that was just delivered; so before a delivery (*may_rearm* False) sockets, pipes
+        and FIFOs, whose inodes are unique per object, are compared by (device, inode) instead.
+        """
         if self.ref is None:
+            if not may_rearm and (stat.S_ISSOCK(self.mode) or stat.S_ISFIFO(self.mode)):
+                return self._same_inode()
             try:
                 self.table.kq.modify_source(self.fd, _EPOLL_MASK)
             except OSError:
@@ -79,6 +87,9 @@ class FdWatch:
         except OSError as exc:
             if exc.errno != errno.ENOSYS:
                 return False
+        return self._same_inode()
+
+    def _same_inode(self) -> bool:
         try:
             st = os.fstat(self.fd)
         except OSError:
@@ -103,7 +114,7 @@ class FdTable:
         except (OSError, OverflowError):
             raise OSError(errno.EBADF, f"{fd} is not an open descriptor") from None
         watch = self._watches.get(fd)
-        if watch is not None and not watch.same_object():
+        if watch is not None and not watch.same_object(may_rearm=True):
             self.forget(watch)
 
     def attach(self, kn: Knote) -> FdWatch:
@@ -132,7 +143,7 @@ class FdTable:
         watch = self._watches.get(kn.ident)
         if watch is None or watch.knotes.get(kn.filter) is not kn:
             return False
-        if watch.same_object():
+        if watch.same_object(may_rearm=False):
             return True
         self.forget(watch)
         return False

@@ -13,6 +13,7 @@ every subscriber: events were lost, never silently.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import defaultdict
 from collections.abc import Callable
@@ -33,7 +34,7 @@ Callback = Callable[[list[InotifyEvent] | None], None]
 class Subscription:
     """One subscriber's interest in one inode."""
 
-    __slots__ = ("hub", "wd", "mask", "kq", "callback", "active")
+    __slots__ = ("active", "callback", "hub", "kq", "mask", "wd")
 
     def __init__(self, hub: InotifyHub, wd: int, mask: int, kq: Kqueue, callback: Callback):
         self.hub = hub
@@ -110,10 +111,9 @@ class InotifyHub:
                 subs.remove(sub)
             if not subs and sub.wd in self._by_wd:
                 del self._by_wd[sub.wd]
-                try:
+                # OSError: the kernel removed it already (IN_IGNORED on its way).
+                with contextlib.suppress(OSError):
                     self._inotify.rm_watch(sub.wd)
-                except OSError:
-                    pass  # the kernel removed it already (IN_IGNORED on its way)
         self._shared_fd.leave(sub.kq)
 
     def pump(self) -> None:

@@ -30,6 +30,8 @@ the epoll (new sources) or the wake eventfd (activations, posted callbacks, time
 
 from __future__ import annotations
 
+import contextlib
+import contextlib
 import errno
 import heapq
 import itertools
@@ -85,7 +87,7 @@ class Source(Protocol):
 class TimerHandle:
     """A scheduled callback; ``cancel()`` makes it a no-op."""
 
-    __slots__ = ("deadline", "callback", "cancelled")
+    __slots__ = ("callback", "cancelled", "deadline")
 
     def __init__(self, deadline: int, callback: Callable[[int], None]) -> None:
         self.deadline = deadline
@@ -127,9 +129,7 @@ def _check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(
-            f"timeout argument must be a number or None, got {type(timeout).__name__}"
-        )
+        raise TypeError(f"timeout argument must be a number or None, got {type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be positive or None, got {timeout}")
     return float(timeout)
@@ -274,18 +274,14 @@ class Kqueue:
         """Stop watching *fd*; *registered* False when the kernel already dropped it."""
         self._sources.pop(fd, None)
         if registered:
-            try:
+            with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
-            except OSError:
-                pass
 
     def post(self, callback: Callable[[], None]) -> None:
         """Run *callback* under this kqueue's lock at its next pump. Safe from any thread."""
         self._inbox.append(callback)
-        try:
+        with contextlib.suppress(OSError):  # closed meanwhile: nothing runs the inbox again
             os.eventfd_write(self._wake, 1)
-        except OSError:
-            pass  # closed meanwhile: nothing will run the inbox again
 
     def call_at(self, deadline_ns: int, callback: Callable[[int], None]) -> TimerHandle:
         """Call ``callback(now_ns)`` at CLOCK_MONOTONIC *deadline_ns* (or soon after)."""
@@ -422,16 +418,12 @@ class Kqueue:
         """Hand ready sources to their handlers, then run posted callbacks and due timers."""
         for fd, events in ready:
             if fd == self._wake:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(self._wake)
-                except BlockingIOError:
-                    pass
                 self._wake_armed = False
             elif fd == self._timerfd:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     os.read(self._timerfd, 8)
-                except BlockingIOError:
-                    pass
                 self._timerfd_deadline = None
             else:
                 source = self._sources.get(fd)
@@ -494,10 +486,8 @@ class Kqueue:
                 self._queue[kn] = None
         if not self._queue and self._wake_armed:
             # Nothing pending any more: make fileno() stop polling readable.
-            try:
+            with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(self._wake)
-            except BlockingIOError:
-                pass
             self._wake_armed = False
             if self._inbox:
                 self.post(lambda: None)  # keep the wake-up for callbacks still waiting

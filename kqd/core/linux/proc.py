@@ -72,7 +72,7 @@ class ExitHint:
 
 
 class ProcState:
-    __slots__ = ("pidfd", "exited", "connector")
+    __slots__ = ("connector", "exited", "pidfd")
 
     def __init__(self, pidfd: int) -> None:
         self.pidfd: int | None = pidfd
@@ -193,8 +193,14 @@ class ProcFilter(Filter):
         )
         self.kq.enqueue_anonymous(notice)
         error = self.kq.register(
-            kevent(child, KQ_FILTER_PROC, parent.flags | KQ_EV_ADD, parent.sfflags,
-                   parent.ident, parent.udata)
+            kevent(
+                child,
+                KQ_FILTER_PROC,
+                parent.flags | KQ_EV_ADD,
+                parent.sfflags,
+                parent.ident,
+                parent.udata,
+            )
         )
         if error:
             parent.fflags |= KQ_NOTE_TRACKERR

@@ -43,7 +43,7 @@ Callback = Callable[[str, int], None]
 
 
 class Subscription:
-    __slots__ = ("connector", "pid", "kq", "callback", "active")
+    __slots__ = ("active", "callback", "connector", "kq", "pid")
 
     def __init__(self, connector: ProcConnector, pid: int, kq: Kqueue, callback: Callback):
         self.connector = connector

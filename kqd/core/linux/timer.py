@@ -41,7 +41,9 @@ def _interval_ns(flags: int, fflags: int, data: int) -> int:
     if data < 0:
         raise OSError(errno.EINVAL, f"negative timer period {data}")
     if fflags & ~(_UNITS | KQ_NOTE_ABSTIME):
-        raise OSError(errno.EINVAL, f"unknown timer fflags {fflags & ~(_UNITS | KQ_NOTE_ABSTIME):#x}")
+        raise OSError(
+            errno.EINVAL, f"unknown timer fflags {fflags & ~(_UNITS | KQ_NOTE_ABSTIME):#x}"
+        )
     unit = _UNIT_NS.get(fflags & _UNITS)
     if unit is None:
         raise OSError(errno.EINVAL, "more than one timer unit in fflags")
@@ -51,7 +53,7 @@ def _interval_ns(flags: int, fflags: int, data: int) -> int:
 
 
 class TimerState:
-    __slots__ = ("handle", "period", "deadline")
+    __slots__ = ("deadline", "handle", "period")
 
     def __init__(self, handle: TimerHandle, period: int | None, deadline: int) -> None:
         self.handle = handle
@@ -87,7 +89,9 @@ class TimerFilter(Filter):
             deadline = now + interval
             period = None if kn.flags & KQ_EV_ONESHOT else interval
         deadline = min(deadline, _MAX_DEADLINE_NS)
-        kn.hook = TimerState(self.kq.call_at(deadline, lambda t: self._expire(kn, t)), period, deadline)
+        kn.hook = TimerState(
+            self.kq.call_at(deadline, lambda t: self._expire(kn, t)), period, deadline
+        )
 
     def _expire(self, kn: Knote, now: int) -> None:
         state: TimerState = kn.hook

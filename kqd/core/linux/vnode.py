@@ -75,7 +75,7 @@ def _inotify_mask(notes: int) -> int:
 class VnodeState:
     """What the filter remembers of the inode between events."""
 
-    __slots__ = ("watch", "subscription", "size", "nlink", "overflows")
+    __slots__ = ("nlink", "overflows", "size", "subscription", "watch")
 
     def __init__(self, watch: FdWatch, st: os.stat_result) -> None:
         self.watch = watch
@@ -137,7 +137,9 @@ class VnodeFilter(Filter):
     def attach(self, kn: Knote) -> None:
         st = os.fstat(kn.ident)
         if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
-            raise OSError(errno.EINVAL, "KQ_FILTER_VNODE needs a file or directory, not a pipe or socket")
+            raise OSError(
+                errno.EINVAL, "KQ_FILTER_VNODE needs a file or directory, not a pipe or socket"
+            )
         state = VnodeState(self.kq.fds.attach(kn), st)
         kn.hook = state
         try:
@@ -181,4 +183,3 @@ class VnodeFilter(Filter):
         if kn.flags & KQ_EV_CLEAR:  # the overflow count is reported once
             kn.hook.overflows = 0
         return result
-

@@ -1,0 +1,109 @@
+"""Fixtures shared by every test: the kqueue backends and bounded waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import kqd.core
+
+WAIT_BOUND = 10.0  # seconds: a test fails with a message past this, it never sleeps instead
+
+
+@dataclass
+class Backend:
+    """One implementation of the kqueue API under test."""
+
+    name: str
+    kqueue: Callable[[], Any]
+    local: bool  # True when kqueue idents name this process's descriptors and signals
+
+
+def core_backend() -> Backend:
+    return Backend("core", kqd.core.kqueue, local=True)
+
+
+BACKENDS = {"core": core_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    yield BACKENDS[request.param]()
+
+
+@pytest.fixture
+def kq(backend: Backend) -> Iterator[Any]:
+    queue = backend.kqueue()
+    yield queue
+    queue.close()
+
+
+def wait_events(kq: Any, count: int = 1, bound: float = WAIT_BOUND, max_events: int = 64) -> list:
+    """Collect at least *count* events, failing with what arrived if *bound* seconds pass."""
+    import time
+
+    deadline = time.monotonic() + bound
+    got: list = []
+    while len(got) < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"waited {bound}s for {count} event(s), got {len(got)}: {got}")
+        got += kq.control(None, max_events, remaining)
+    return got
+
+
+@dataclass
+class Orphan:
+    """A process that is not our child; it exits with *code* when released."""
+
+    pid: int
+    release_fd: int
+
+    def release(self) -> None:
+        os.close(self.release_fd)
+
+
+def spawn_orphan(code: int = 0) -> Orphan:
+    r, w = os.pipe()
+    # The background job reads the pipe as stdin (moved through fd 3: a non-interactive shell
+    # gives background jobs /dev/null as stdin unless redirected explicitly).
+    script = f"exec 3<&0; sh -c 'read x; exit {code}' <&3 >/dev/null 2>&1 & echo $!"
+    out = subprocess.run(
+        ["sh", "-c", script],
+        stdin=r,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=WAIT_BOUND,
+    )
+    os.close(r)
+    return Orphan(int(out.stdout.strip()), w)
+
+
+@pytest.fixture
+def orphan_factory() -> Iterator[Callable[[int], Orphan]]:
+    made: list[Orphan] = []
+
+    def make(code: int = 0) -> Orphan:
+        orphan = spawn_orphan(code)
+        made.append(orphan)
+        return orphan
+
+    yield make
+    for orphan in made:
+        with contextlib.suppress(OSError):
+            orphan.release()
+
+
+def sleeper() -> subprocess.Popen:
+    """A child that runs until killed or its stdin closes."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
