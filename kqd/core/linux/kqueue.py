@@ -31,7 +31,6 @@ the epoll (new sources) or the wake eventfd (activations, posted callbacks, time
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import errno
 import heapq
 import itertools
