@@ -22,4 +22,5 @@ test: setup
 	$(VENV)/bin/ruff check kqd client tests bench
 
 bench: setup
+	$(PY) -m pip install --quiet --disable-pip-version-check matplotlib
 	$(PY) -m bench scaling

@@ -21,6 +21,7 @@ delivered. A stale watch loses its knotes then, pending events included, so it n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -28,13 +29,18 @@ import select
 import stat
 from typing import TYPE_CHECKING
 
+from kqd.core.constants import KQ_FILTER_READ, KQ_FILTER_WRITE
 from kqd.core.linux import syscalls
 
 if TYPE_CHECKING:
     from kqd.core.linux.knote import Knote
     from kqd.core.linux.kqueue import Kqueue
 
-_EPOLL_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+# What each fd filter needs epoll to watch; edge-triggered, the filters read the real state.
+_EPOLL_INTEREST = {
+    KQ_FILTER_READ: select.EPOLLIN | select.EPOLLRDHUP,
+    KQ_FILTER_WRITE: select.EPOLLOUT,
+}
 
 
 class FdWatch:
@@ -54,6 +60,13 @@ class FdWatch:
     @property
     def pollable(self) -> bool:
         return self.ref is None
+
+    @property
+    def epoll_mask(self) -> int:
+        mask = select.EPOLLET
+        for filt in self.knotes:
+            mask |= _EPOLL_INTEREST.get(filt, 0)
+        return mask
 
     @property
     def stat_fd(self) -> int:
@@ -78,7 +91,7 @@ class FdWatch:
             if not may_rearm and (stat.S_ISSOCK(self.mode) or stat.S_ISFIFO(self.mode)):
                 return self._same_inode()
             try:
-                self.table.kq.modify_source(self.fd, _EPOLL_MASK)
+                self.table.kq.modify_source(self.fd, self.epoll_mask)
             except OSError:
                 return False
             return True
@@ -122,12 +135,16 @@ class FdTable:
         watch = self._watches.get(kn.ident)
         if watch is None:
             watch = FdWatch(self, kn.ident, os.fstat(kn.ident))
+            watch.knotes[kn.filter] = kn
             try:
-                self.kq.add_source(kn.ident, _EPOLL_MASK, watch)
+                self.kq.add_source(kn.ident, watch.epoll_mask, watch)
             except PermissionError:
                 watch.ref = fcntl.fcntl(kn.ident, fcntl.F_DUPFD_CLOEXEC, 0)
             self._watches[kn.ident] = watch
-        watch.knotes[kn.filter] = kn
+        else:
+            watch.knotes[kn.filter] = kn
+            if watch.pollable:
+                self.kq.modify_source(kn.ident, watch.epoll_mask)
         return watch
 
     def detach(self, kn: Knote) -> None:
@@ -137,6 +154,9 @@ class FdTable:
         del watch.knotes[kn.filter]
         if not watch.knotes:
             self._release(watch, registered=True)
+        elif watch.pollable:
+            with contextlib.suppress(OSError):  # closed already: nothing to narrow
+                self.kq.modify_source(kn.ident, watch.epoll_mask)
 
     def alive(self, kn: Knote) -> bool:
         """Before delivering *kn*: is its descriptor still the same object? Drops it if not."""

@@ -62,6 +62,7 @@ from kqd.core.linux.fdtable import FdTable
 from kqd.core.linux.filter import Filter
 from kqd.core.linux.knote import Knote
 
+_EPOLL_BATCH = 1024
 _KEPT_FLAGS_MASK = ~(KQ_EV_ADD | KQ_EV_DELETE | KQ_EV_ENABLE | KQ_EV_DISABLE) & 0xFFFF
 
 # Every kqd kqueue by its fileno, so that READ on a kqueue can report its pending count.
@@ -228,14 +229,14 @@ class Kqueue:
         while True:
             with self._lock:
                 self._check_open()
-                self._pump(self._epoll.poll(0))
+                self._drain_ready()
                 events = self._scan(max_events)
             if events:
                 return events
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            ready = self._epoll.poll(-1 if remaining is None else remaining)
+            ready = self._epoll.poll(-1 if remaining is None else remaining, _EPOLL_BATCH)
             with self._lock:
                 self._check_open()
                 self._pump(ready)
@@ -412,6 +413,14 @@ class Kqueue:
             kn.active = True
         if kn.active:
             self._enqueue(kn)
+
+    def _drain_ready(self) -> None:
+        """Pump every source that is ready now, however many (epoll hands them out in batches)."""
+        while True:
+            ready = self._epoll.poll(0, _EPOLL_BATCH)
+            self._pump(ready)
+            if len(ready) < _EPOLL_BATCH:
+                return
 
     def _pump(self, ready: list[tuple[int, int]]) -> None:
         """Hand ready sources to their handlers, then run posted callbacks and due timers."""

@@ -1,0 +1,1 @@
+"""kqd benchmarks: ``python -m bench <name>`` (see ``python -m bench --help``)."""
