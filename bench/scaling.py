@@ -34,28 +34,31 @@ SIZES = [10, 100, 1_000, 10_000, 100_000]
 QUICK_SIZES = [10, 1_000]
 
 
-def _median_us(one_wait: Callable[[], None], rounds: int) -> float:
+def _median_us(
+    one_wait: Callable[[], None], rounds: int, before: Callable[[], None] = lambda: None
+) -> float:
+    """Median time of *one_wait* over *rounds*, calling *before* (untimed) ahead of each."""
     samples = []
     for _ in range(rounds):
+        before()
         start = time.perf_counter_ns()
         one_wait()
         samples.append(time.perf_counter_ns() - start)
     return statistics.median(samples) / 1000
 
 
+def _one_event(kq) -> Callable[[], None]:
+    def one_wait() -> None:
+        assert len(kq.control(None, 1, 0)) == 1, "the active knote did not fire"
+
+    return one_wait
+
+
 def core_user(n: int, rounds: int) -> float:
     with kqueue() as kq:
         kq.control([kevent(i, KQ_FILTER_USER, KQ_EV_ADD | KQ_EV_CLEAR) for i in range(n)], 0)
         trigger = [kevent(n // 2, KQ_FILTER_USER, 0, KQ_NOTE_TRIGGER)]
-
-        def one_wait() -> None:
-            assert len(kq.control(None, 1, 0)) == 1
-
-        samples = []
-        for _ in range(rounds):
-            kq.control(trigger, 0)
-            samples.append(_median_us(one_wait, 1))
-        return statistics.median(samples)
+        return _median_us(_one_event(kq), rounds, lambda: kq.control(trigger, 0))
 
 
 def _eventfds(n: int) -> list[int]:
@@ -64,20 +67,21 @@ def _eventfds(n: int) -> list[int]:
 
 def core_fd(n: int, rounds: int) -> float:
     fds = _eventfds(n)
+    active = fds[n // 2]
+
+    def make_readable() -> None:
+        os.eventfd_write(active, 1)
+
     try:
         with kqueue() as kq:
             kq.control([kevent(fd, KQ_FILTER_READ, KQ_EV_ADD | KQ_EV_CLEAR) for fd in fds], 0)
-            active = fds[n // 2]
+            one_wait = _one_event(kq)
 
-            def one_wait() -> None:
-                assert len(kq.control(None, 1, 0)) == 1
-
-            samples = []
-            for _ in range(rounds):
-                os.eventfd_write(active, 1)
-                samples.append(_median_us(one_wait, 1))
+            def wait_and_drain() -> None:
+                one_wait()
                 os.eventfd_read(active)
-            return statistics.median(samples)
+
+            return _median_us(wait_and_drain, rounds, make_readable)
     finally:
         for fd in fds:
             os.close(fd)

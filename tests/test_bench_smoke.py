@@ -10,7 +10,9 @@ from pathlib import Path
 def test_scaling_benchmark_quick(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "scaling", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.returncode == 0, result.stderr

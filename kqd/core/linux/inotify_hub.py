@@ -17,10 +17,11 @@ import contextlib
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import inotify_simple
 
+from kqd.core.linux.process_wide import ProcessWide
 from kqd.core.linux.shared_fd import SharedDescriptor
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class Subscription:
         self.hub.unsubscribe(self)
 
 
-class InotifyHub:
+class InotifyHub(ProcessWide):
     IN_ACCESS = int(inotify_simple.flags.ACCESS)
     IN_MODIFY = int(inotify_simple.flags.MODIFY)
     IN_ATTRIB = int(inotify_simple.flags.ATTRIB)
@@ -70,16 +71,6 @@ class InotifyHub:
     IN_IGNORED = int(inotify_simple.flags.IGNORED)
     IN_ISDIR = int(inotify_simple.flags.ISDIR)
     IN_MASK_ADD = int(inotify_simple.flags.MASK_ADD)
-
-    _shared: ClassVar[InotifyHub | None] = None
-    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    @classmethod
-    def shared(cls) -> InotifyHub:
-        with cls._shared_lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
 
     def __init__(self) -> None:
         self._inotify = inotify_simple.INotify(nonblocking=True)

@@ -16,8 +16,9 @@ import struct
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
+from kqd.core.linux.process_wide import ProcessWide
 from kqd.core.linux.shared_fd import SharedDescriptor
 
 if TYPE_CHECKING:
@@ -56,29 +57,24 @@ class Subscription:
         self.connector.unsubscribe(self)
 
 
-class ProcConnector:
-    _shared: ClassVar[ProcConnector | None] = None
+class ProcConnector(ProcessWide):
     _failure: ClassVar[OSError | None] = None
-    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
-    def shared(cls) -> ProcConnector:
+    def shared(cls) -> Self:
         """The process's connector; OSError(ENOTSUP) where the kernel will not provide one."""
-        with cls._shared_lock:
-            if cls._shared is None and cls._failure is None:
-                try:
-                    cls._shared = cls()
-                except OSError as exc:
-                    cls._failure = OSError(
-                        errno.ENOTSUP,
-                        f"NOTE_FORK/NOTE_EXEC/NOTE_TRACK need the proc connector, which is not "
-                        f"available here ({exc.strerror}; it needs the initial pid namespace); "
-                        "NOTE_EXIT works without it",
-                    )
-            if cls._shared is None:
-                assert cls._failure is not None
-                raise cls._failure
-            return cls._shared
+        if cls._failure is not None:
+            raise cls._failure
+        try:
+            return super().shared()
+        except OSError as exc:
+            cls._failure = OSError(
+                errno.ENOTSUP,
+                f"NOTE_FORK/NOTE_EXEC/NOTE_TRACK need the proc connector, which is not available "
+                f"here ({exc.strerror}; it needs the initial pid namespace); NOTE_EXIT works "
+                "without it",
+            )
+            raise cls._failure from None
 
     def __init__(self) -> None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_CONNECTOR)

@@ -16,11 +16,12 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from kqd.core.constants import KQ_EV_CLEAR
 from kqd.core.linux.filter import Filter
 from kqd.core.linux.knote import Knote
+from kqd.core.linux.process_wide import ProcessWide
 
 if TYPE_CHECKING:
     from kqd.core.linux.kqueue import Kqueue
@@ -29,17 +30,7 @@ _IGNORED_BY_DEFAULT = {signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SI
 SIGNALLED = object()
 
 
-class SignalHub:
-    _shared: ClassVar[SignalHub | None] = None
-    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    @classmethod
-    def shared(cls) -> SignalHub:
-        with cls._shared_lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
-
+class SignalHub(ProcessWide):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribers: dict[int, list[tuple[Kqueue, Callable[[], None]]]] = defaultdict(list)

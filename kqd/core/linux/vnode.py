@@ -62,6 +62,17 @@ _WATCH_FOR = {
     KQ_NOTE_READ: H.IN_ACCESS,
 }
 _ALL_NOTES = sum(_WATCH_FOR)
+# inotify events that always mean one note (the others depend on context; see notes_for).
+_ONE_TO_ONE = {
+    H.IN_MODIFY: KQ_NOTE_WRITE,
+    H.IN_DELETE_SELF: KQ_NOTE_DELETE,
+    H.IN_MOVE_SELF: KQ_NOTE_RENAME,
+    H.IN_UNMOUNT: KQ_NOTE_REVOKE,
+    H.IN_OPEN: KQ_NOTE_OPEN,
+    H.IN_CLOSE_NOWRITE: KQ_NOTE_CLOSE,
+    H.IN_CLOSE_WRITE: KQ_NOTE_CLOSE_WRITE,
+    H.IN_ACCESS: KQ_NOTE_READ,
+}
 
 
 def _inotify_mask(notes: int) -> int:
@@ -94,8 +105,6 @@ class VnodeState:
         moves = [e.cookie for e in batch if e.mask & (H.IN_MOVED_FROM | H.IN_MOVED_TO)]
         for event in batch:
             mask = event.mask
-            if mask & H.IN_MODIFY:
-                notes |= KQ_NOTE_WRITE
             if mask & (H.IN_CREATE | H.IN_DELETE):
                 notes |= KQ_NOTE_WRITE | (KQ_NOTE_LINK if mask & H.IN_ISDIR else 0)
             if mask & (H.IN_MOVED_FROM | H.IN_MOVED_TO):
@@ -109,20 +118,9 @@ class VnodeState:
                     notes |= KQ_NOTE_LINK
                 else:
                     notes |= KQ_NOTE_ATTRIB
-            if mask & H.IN_DELETE_SELF:
-                notes |= KQ_NOTE_DELETE
-            if mask & H.IN_MOVE_SELF:
-                notes |= KQ_NOTE_RENAME
-            if mask & H.IN_UNMOUNT:
-                notes |= KQ_NOTE_REVOKE
-            if mask & H.IN_OPEN:
-                notes |= KQ_NOTE_OPEN
-            if mask & H.IN_CLOSE_NOWRITE:
-                notes |= KQ_NOTE_CLOSE
-            if mask & H.IN_CLOSE_WRITE:
-                notes |= KQ_NOTE_CLOSE_WRITE
-            if mask & H.IN_ACCESS:
-                notes |= KQ_NOTE_READ
+            for inotify_bit, note in _ONE_TO_ONE.items():
+                if mask & inotify_bit:
+                    notes |= note
         if notes & KQ_NOTE_WRITE and stat.S_ISREG(st.st_mode) and st.st_size > self.size:
             notes |= KQ_NOTE_EXTEND
         self.size, self.nlink = st.st_size, st.st_nlink

@@ -1,0 +1,21 @@
+"""One instance per process of the things every kqueue shares (inotify, proc connector, signals)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar, Self
+
+
+class ProcessWide:
+    """``shared()`` makes the instance on first use; later calls return it."""
+
+    _instances: ClassVar[dict[type, Any]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> Self:
+        with ProcessWide._lock:
+            instance = ProcessWide._instances.get(cls)
+            if instance is None:
+                instance = ProcessWide._instances[cls] = cls()
+            return instance
