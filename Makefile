@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup run test lint bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard proto/kqd/v1/*.proto)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)

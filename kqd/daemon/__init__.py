@@ -1,0 +1,1 @@
+"""kqd daemon: the core hosted behind gRPC (kqd serve)."""

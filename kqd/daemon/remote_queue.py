@@ -1,0 +1,138 @@
+"""A remote queue: one core kqueue, its own descriptor table, and a replayable delivery log.
+
+Events leave the core in kqueue order; each gets the next per-queue sequence number and stays in
+a bounded log, so a Wait stream that broke can resume after the last number it received and get
+exactly what followed, including what was sent but never arrived. A resume point older than the
+log is refused (OUT_OF_RANGE with the oldest available), never silently skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import time
+from collections import deque
+
+from kqd.core import kevent, kqueue
+from kqd.core.linux import syscalls
+
+LOG_CAPACITY = 4096
+
+
+class ResumeTooOld(Exception):
+    def __init__(self, oldest: int) -> None:
+        super().__init__(oldest)
+        self.oldest = oldest
+
+
+class RemoteQueue:
+    def __init__(self, lease: float) -> None:
+        self.queue_id = secrets.token_urlsafe(24)  # 192 random bits
+        self.kq = kqueue()
+        self.lease = lease
+        self.descriptors: set[int] = set()
+        self.log: deque[tuple[int, kevent]] = deque(maxlen=LOG_CAPACITY)
+        self.last_sequence = 0
+        self.streams = 0
+        self.last_seen = time.monotonic()
+        self._readable = asyncio.Event()
+        asyncio.get_running_loop().add_reader(self.kq.fileno(), self._readable.set)
+
+    def touch(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def expired(self, now: float) -> bool:
+        return self.streams == 0 and now - self.last_seen > self.lease
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.kq.fileno())
+        self.kq.close()
+        for fd in self.descriptors:
+            os.close(fd)
+        self.descriptors.clear()
+
+    # ------------------------------------------------------------------ descriptors
+
+    def open_path(self, path: str) -> int:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.descriptors.add(fd)
+        return fd
+
+    def open_peer_fd(self, pid: int, target_fd: int) -> int:
+        pidfd = os.pidfd_open(pid)
+        try:
+            fd = syscalls.pidfd_getfd(pidfd, target_fd)
+        finally:
+            os.close(pidfd)
+        self.descriptors.add(fd)
+        return fd
+
+    def open_connection(self, address: str) -> int:
+        if address.startswith("unix:"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: object = address.removeprefix("unix:").removeprefix("//")
+        else:
+            host, sep, port = address.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError(f"address {address!r} is not host:port or unix:/path")
+            family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            target = (host.strip("[]"), int(port))
+        sock.setblocking(False)
+        sock.connect_ex(target)  # type: ignore[arg-type]
+        fd = sock.detach()
+        self.descriptors.add(fd)
+        return fd
+
+    def close_descriptor(self, fd: int) -> None:
+        self.descriptors.remove(fd)  # KeyError: not ours
+        os.close(fd)
+
+    # ------------------------------------------------------------------ events
+
+    async def kevent(self, changes: list[kevent], max_events: int, timeout: float | None) -> list[kevent]:
+        """kevent(2) in one round trip, without blocking the event loop."""
+        events = self.kq.control(changes, max_events, 0)
+        if events or max_events == 0 or timeout == 0:
+            return events
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._readable.clear()
+            events = self.kq.control(None, max_events, 0)
+            if events:
+                return events
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(self._readable.wait(), remaining)
+            except TimeoutError:
+                return []
+
+    async def next_batch(self, after: int, max_batch: int, heartbeat: float) -> list[tuple[int, kevent]]:
+        """Events after sequence *after*: from the log, or newly collected; [] at a heartbeat."""
+        if after < self.last_sequence:
+            oldest = self.log[0][0] if self.log else self.last_sequence + 1
+            if after + 1 < oldest:
+                raise ResumeTooOld(oldest)
+            return [item for item in self.log if item[0] > after][:max_batch]
+        deadline = time.monotonic() + heartbeat
+        while True:
+            self._readable.clear()
+            fresh = self.kq.control(None, max_batch, 0)
+            if fresh:
+                batch = []
+                for ev in fresh:
+                    self.last_sequence += 1
+                    self.log.append((self.last_sequence, ev))
+                    batch.append((self.last_sequence, ev))
+                return batch
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(self._readable.wait(), remaining)
+            except TimeoutError:
+                return []
