@@ -41,7 +41,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kqd.daemon.server import default_listen, serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
+    )
     return asyncio.run(serve(args.listen or [default_listen()], args.lease, args.grace))
 
 
@@ -49,13 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kqd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="host remote kqueues over gRPC")
-    serve.add_argument("--listen", action="append", metavar="ADDR",
-                       help="unix:///path or host:port, repeatable "
-                       "(default unix:///run/kqd/kqd.sock for root)")
-    serve.add_argument("--lease", type=float, default=60.0,
-                       help="seconds a queue outlives its last connection (default 60)")
-    serve.add_argument("--grace", type=float, default=5.0,
-                       help="seconds streams get to end on SIGTERM (default 5)")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="unix:///path or host:port, repeatable (default unix:///run/kqd/kqd.sock for root)",
+    )
+    serve.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        help="seconds a queue outlives its last connection (default 60)",
+    )
+    serve.add_argument(
+        "--grace", type=float, default=5.0, help="seconds streams get to end on SIGTERM (default 5)"
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=_serve)
     pwait = sub.add_parser("pwait", help="wait for processes to exit (in-process core demo)")

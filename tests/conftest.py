@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,23 +20,58 @@ WAIT_BOUND = 10.0  # seconds: a test fails with a message past this, it never sl
 
 @dataclass
 class Backend:
-    """One implementation of the kqueue API under test."""
+    """One implementation of the kqueue API under test, and how idents name descriptors there."""
 
     name: str
     kqueue: Callable[[], Any]
-    local: bool  # True when kqueue idents name this process's descriptors and signals
+    local: bool  # True when idents are this process's descriptors and signals go to it
+
+    def open_path(self, kq: Any, path: str) -> int:
+        """A read-only descriptor ident for *path*, in the backend's descriptor table."""
+        return os.open(path, os.O_RDONLY) if self.local else kq.open(path)
+
+    def adopt(self, kq: Any, fd: int) -> int:
+        """The ident under which the backend sees this process's descriptor *fd*."""
+        return fd if self.local else kq.open_peer_fd(os.getpid(), fd)
+
+    def close_fd(self, kq: Any, fd: int) -> None:
+        if self.local:
+            os.close(fd)
+        else:
+            kq.close_fd(fd)
 
 
-def core_backend() -> Backend:
-    return Backend("core", kqd.core.kqueue, local=True)
+@pytest.fixture(scope="session")
+def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``kqd serve`` on a Unix socket for the whole session."""
+    import grpc
+
+    target = f"unix://{tmp_path_factory.mktemp('kqd') / 'kqd.sock'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kqd", "serve", "--listen", target, "--log-level", "warning"]
+    )
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=WAIT_BOUND)
+    except grpc.FutureTimeoutError:
+        proc.kill()
+        pytest.fail(f"kqd serve did not come up on {target} within {WAIT_BOUND}s")
+    finally:
+        channel.close()
+    yield target
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(WAIT_BOUND) == 0, "kqd serve did not exit cleanly on SIGTERM"
 
 
-BACKENDS = {"core": core_backend}
-
-
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=["core", "remote"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    yield BACKENDS[request.param]()
+    if request.param == "core":
+        yield Backend("core", kqd.core.kqueue, local=True)
+        return
+    import kqclient
+
+    with kqclient.connect(request.getfixturevalue("daemon_target")) as client:
+        yield Backend("remote", client.kqueue, local=False)
 
 
 @pytest.fixture

@@ -8,20 +8,22 @@ log is refused (OUT_OF_RANGE with the oldest available), never silently skipped.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import socket
 import time
 from collections import deque
 
-from kqd.core import kevent, kqueue
+from kqd.core import KQ_FILTER_READ, KQ_FILTER_VNODE, KQ_FILTER_WRITE, kevent, kqueue
 from kqd.core.linux import syscalls
+from kqd.daemon.readiness import Readiness
 
 LOG_CAPACITY = 4096
+FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
+_NOT_A_DESCRIPTOR = 2**62
 
 
-class ResumeTooOld(Exception):
+class ResumeTooOldError(Exception):
     def __init__(self, oldest: int) -> None:
         super().__init__(oldest)
         self.oldest = oldest
@@ -37,8 +39,7 @@ class RemoteQueue:
         self.last_sequence = 0
         self.streams = 0
         self.last_seen = time.monotonic()
-        self._readable = asyncio.Event()
-        asyncio.get_running_loop().add_reader(self.kq.fileno(), self._readable.set)
+        self._readiness = Readiness(self.kq.fileno())
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()
@@ -47,7 +48,6 @@ class RemoteQueue:
         return self.streams == 0 and now - self.last_seen > self.lease
 
     def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self.kq.fileno())
         self.kq.close()
         for fd in self.descriptors:
             os.close(fd)
@@ -92,35 +92,61 @@ class RemoteQueue:
 
     # ------------------------------------------------------------------ events
 
-    async def kevent(self, changes: list[kevent], max_events: int, timeout: float | None) -> list[kevent]:
+    def wake(self) -> None:
+        """End every wait on this queue now (shutdown)."""
+        self._readiness.wake()
+
+    def confine(self, changes: list[kevent]) -> tuple[list[kevent], dict[int, int]]:
+        """Descriptor idents name the queue's own table, never the daemon's other descriptors:
+        a foreign one is swapped for an ident no descriptor can have, so the core answers
+        EBADF at its place in the changelist; the map gives the original idents back."""
+        confined, restore = [], {}
+        for index, change in enumerate(changes):
+            if change.filter in FD_FILTERS and change.ident not in self.descriptors:
+                foreign = _NOT_A_DESCRIPTOR + index
+                restore[foreign] = change.ident
+                change = kevent(
+                    foreign, change.filter, change.flags, change.fflags, change.data, change.udata
+                )
+            confined.append(change)
+        return confined, restore
+
+    def control_now(self, changes: list[kevent], max_events: int) -> list[kevent]:
+        """The core's control() with a zero timeout, confined to the queue's descriptors."""
+        confined, restore = self.confine(changes)
+        events = self.kq.control(confined, max_events, 0)
+        for ev in events:
+            ev.ident = restore.get(ev.ident, ev.ident)
+        return events
+
+    async def kevent(
+        self, changes: list[kevent], max_events: int, timeout: float | None
+    ) -> list[kevent]:
         """kevent(2) in one round trip, without blocking the event loop."""
-        events = self.kq.control(changes, max_events, 0)
+        events = self.control_now(changes, max_events)
         if events or max_events == 0 or timeout == 0:
             return events
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._readable.clear()
-            events = self.kq.control(None, max_events, 0)
-            if events:
-                return events
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return []
-            try:
-                await asyncio.wait_for(self._readable.wait(), remaining)
-            except TimeoutError:
-                return []
+            await self._readiness.wait(remaining)
+            events = self.kq.control(None, max_events, 0)
+            if events:
+                return events
 
-    async def next_batch(self, after: int, max_batch: int, heartbeat: float) -> list[tuple[int, kevent]]:
+    async def next_batch(
+        self, after: int, max_batch: int, heartbeat: float
+    ) -> list[tuple[int, kevent]]:
         """Events after sequence *after*: from the log, or newly collected; [] at a heartbeat."""
         if after < self.last_sequence:
             oldest = self.log[0][0] if self.log else self.last_sequence + 1
             if after + 1 < oldest:
-                raise ResumeTooOld(oldest)
+                raise ResumeTooOldError(oldest)
             return [item for item in self.log if item[0] > after][:max_batch]
         deadline = time.monotonic() + heartbeat
         while True:
-            self._readable.clear()
             fresh = self.kq.control(None, max_batch, 0)
             if fresh:
                 batch = []
@@ -132,7 +158,4 @@ class RemoteQueue:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            try:
-                await asyncio.wait_for(self._readable.wait(), remaining)
-            except TimeoutError:
-                return []
+            await self._readiness.wait(remaining)

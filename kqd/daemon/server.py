@@ -79,6 +79,7 @@ async def serve(listen: list[str], lease: float, grace: float) -> int:
     await stop.wait()
     log.info("shutting down: NOT_SERVING, then a %ss grace period for streams", grace)
     await health_servicer.enter_graceful_shutdown()
+    service.stop_streams()
     leases.cancel()
     await server.stop(grace)
     service.close_all()

@@ -1,4 +1,10 @@
-"""KQueueService: translates gRPC messages to core calls and back; owns no kqueue logic."""
+"""KQueueService: translates gRPC messages to core calls and back; owns no kqueue logic.
+
+Like etcd's watch server, receiving (the unary calls), the watch engine (RemoteQueue and the
+core) and sending (the Wait loop) are separate: a Wait stream only reads from its queue, and a
+reader that stops reading holds up nothing but its own stream, which is closed with a reason once
+it has been stuck for STUCK_SECONDS.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,16 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from kqd.core import KQ_EV_DELETE, KQ_EV_ERROR, kevent
-from kqd.daemon.remote_queue import RemoteQueue, ResumeTooOld
+from kqd.daemon.remote_queue import RemoteQueue, ResumeTooOldError
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
+from kqd.wire import ERRNO_KEY, from_wire, to_wire
 
 log = logging.getLogger("kqd.daemon")
 
@@ -23,56 +31,74 @@ MAX_CHANGES = 10_000
 MAX_EVENTS = 10_000
 DEFAULT_BATCH = 512
 HEARTBEAT_SECONDS = 5.0
+STUCK_SECONDS = 60.0
+
+_OS_ERROR_STATUS = {
+    errno.ENOENT: grpc.StatusCode.NOT_FOUND,
+    errno.EACCES: grpc.StatusCode.PERMISSION_DENIED,
+    errno.EPERM: grpc.StatusCode.PERMISSION_DENIED,
+    errno.EMFILE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errno.ENFILE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
-def to_core(message: kqd_pb2.Kevent, extra_flags: int = 0) -> kevent:
-    return kevent(message.ident, message.filter, (message.flags | extra_flags) & 0xFFFF,
-                  message.fflags, message.data, message.udata)
-
-
-def to_wire(ev: kevent) -> kqd_pb2.Kevent:
-    return kqd_pb2.Kevent(ident=ev.ident, filter=ev.filter, flags=ev.flags, fflags=ev.fflags,
-                          data=ev.data, udata=ev.udata)
+async def abort_os_error(context: grpc.aio.ServicerContext, exc: OSError, what: str) -> NoReturn:
+    """Fail the call with the status matching *exc*, the errno in trailing metadata."""
+    code = exc.errno or errno.EINVAL
+    context.set_trailing_metadata(((ERRNO_KEY, str(code)),))
+    status = _OS_ERROR_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT)
+    await context.abort(status, f"{what}: {exc.strerror or exc} [errno {code}]")
 
 
 class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
     def __init__(self, lease: float) -> None:
         self.lease = lease
         self.queues: dict[str, RemoteQueue] = {}
+        self.stopping = False
 
     async def _queue(self, queue_id: str, context: grpc.aio.ServicerContext) -> RemoteQueue:
         queue = self.queues.get(queue_id)
         if queue is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"no queue {queue_id!r}: it was closed, its lease expired, or the daemon "
+                f"no queue {queue_id!r}: it was closed, its lease expired or the daemon "
                 "restarted; create a new one with CreateQueue",
             )
         queue.touch()
         return queue
 
-    async def _changes(self, changes, context, extra_flags: int = 0) -> list[kevent]:
+    async def _changes(
+        self,
+        changes: Sequence[kqd_pb2.Kevent],
+        context: grpc.aio.ServicerContext,
+        extra_flags: int = 0,
+    ) -> list[kevent]:
         if len(changes) > MAX_CHANGES:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{len(changes)} changes in one call; the limit is {MAX_CHANGES}: "
-                                "split the changelist")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(changes)} changes in one call; the limit is {MAX_CHANGES}: split them",
+            )
+        out = []
         for change in changes:
             if len(change.udata) > MAX_UDATA:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"udata of {len(change.udata)} bytes for ident {change.ident}; "
-                                    f"the limit is {MAX_UDATA} bytes")
-            if not -(2**15) <= change.filter < 2**15 or change.flags >= 2**16:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"change for ident {change.ident}: filter must fit 16 bits "
-                                    "signed and flags 16 bits unsigned")
-        return [to_core(change, extra_flags) for change in changes]
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"udata of {len(change.udata)} bytes for ident {change.ident}; the limit is "
+                    f"{MAX_UDATA} bytes",
+                )
+            try:
+                out.append(from_wire(change, extra_flags))
+            except (OverflowError, TypeError) as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return out
 
     async def CreateQueue(self, request, context):  # noqa: N802 - gRPC method names
         queue = RemoteQueue(self.lease)
         self.queues[queue.queue_id] = queue
         log.info("queue %s… created", queue.queue_id[:8])
-        return kqd_pb2.CreateQueueResponse(queue_id=queue.queue_id,
-                                           lease=Duration(seconds=int(self.lease)))
+        return kqd_pb2.CreateQueueResponse(
+            queue_id=queue.queue_id, lease=Duration(seconds=int(self.lease))
+        )
 
     async def CloseQueue(self, request, context):  # noqa: N802
         queue = await self._queue(request.queue_id, context)
@@ -86,13 +112,12 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         receipts = []
         for change in await self._changes(request.changes, context, extra_flags):
             try:
-                queue.kq.control([change], 0, 0)
+                queue.control_now([change], 0)
                 error = 0
             except OSError as exc:
                 error = exc.errno or errno.EINVAL
-            receipts.append(kqd_pb2.Kevent(ident=change.ident, filter=change.filter,
-                                           flags=KQ_EV_ERROR, fflags=change.fflags, data=error,
-                                           udata=change.udata))
+            change.flags, change.data = KQ_EV_ERROR, error
+            receipts.append(to_wire(change))
         return receipts
 
     async def Register(self, request, context):  # noqa: N802
@@ -106,75 +131,95 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         queue = await self._queue(request.queue_id, context)
         changes = await self._changes(request.changes, context)
         if request.max_events > MAX_EVENTS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"max_events {request.max_events} is over the limit {MAX_EVENTS}")
-        timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else None
-        if timeout is not None and timeout < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "timeout must not be negative")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"max_events {request.max_events} is over the limit {MAX_EVENTS}",
+            )
+        timeout = None
+        if request.HasField("timeout"):
+            timeout = request.timeout.ToTimedelta().total_seconds()
+            if timeout < 0:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "timeout must be >= 0")
         try:
             events = await queue.kevent(changes, request.max_events, timeout)
         except OSError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"[errno {exc.errno}] {exc.strerror or exc}")
+            await abort_os_error(context, exc, "kevent")
         return kqd_pb2.KeventResponse(events=[to_wire(ev) for ev in events])
 
-    async def Wait(self, request, context) -> AsyncIterator[kqd_pb2.WaitResponse]:  # noqa: N802
+    async def Wait(self, request, context):  # noqa: N802
         queue = await self._queue(request.queue_id, context)
         batch = min(request.max_batch or DEFAULT_BATCH, MAX_EVENTS)
         after = request.after_sequence
         queue.streams += 1
         try:
-            while queue.queue_id in self.queues:
+            while queue.queue_id in self.queues and not self.stopping:
                 try:
                     items = await queue.next_batch(after, batch, HEARTBEAT_SECONDS)
-                except ResumeTooOld as exc:
+                except ResumeTooOldError as exc:
                     await context.abort(
                         grpc.StatusCode.OUT_OF_RANGE,
-                        f"cannot resume after sequence {after}: the oldest event still kept is "
-                        f"{exc.oldest}; events in between are gone, so re-read the state you "
-                        "watch and resume after the last sequence instead",
+                        f"cannot resume after sequence {after}: the oldest event kept is "
+                        f"{exc.oldest}; what came between is gone, so re-read the state you "
+                        f"watch and resume after {exc.oldest - 1}",
+                    )
+                response = kqd_pb2.WaitResponse(
+                    events=[
+                        kqd_pb2.SequencedKevent(sequence=s, event=to_wire(e)) for s, e in items
+                    ],
+                    last_sequence=queue.last_sequence,
+                )
+                try:
+                    await asyncio.wait_for(context.write(response), STUCK_SECONDS)
+                except TimeoutError:
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the client read nothing for {STUCK_SECONDS:.0f}s; stream closed, "
+                        f"resume after sequence {after}",
                     )
                 if items:
                     after = items[-1][0]
-                yield kqd_pb2.WaitResponse(
-                    events=[kqd_pb2.SequencedKevent(sequence=s, event=to_wire(ev)) for s, ev in items],
-                    last_sequence=queue.last_sequence,
-                )
+            if not self.stopping:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "the queue was closed")
         finally:
             queue.streams -= 1
             queue.touch()
 
-    async def _open(self, request, context, opener) -> int:
+    async def _open(self, request, context, what: str, opener: Callable[[RemoteQueue], int]) -> Any:
         queue = await self._queue(request.queue_id, context)
         try:
             return opener(queue)
-        except FileNotFoundError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"{exc.filename}: no such file")
-        except PermissionError as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            await abort_os_error(context, exc, what)
+        except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def Open(self, request, context):  # noqa: N802
-        fd = await self._open(request, context, lambda q: q.open_path(request.path))
+        fd = await self._open(request, context, request.path, lambda q: q.open_path(request.path))
         return kqd_pb2.OpenResponse(fd=fd)
 
     async def OpenPeerFd(self, request, context):  # noqa: N802
-        fd = await self._open(request, context, lambda q: q.open_peer_fd(request.pid, request.fd))
+        fd = await self._open(
+            request,
+            context,
+            f"descriptor {request.fd} of process {request.pid}",
+            lambda q: q.open_peer_fd(request.pid, request.fd),
+        )
         return kqd_pb2.OpenPeerFdResponse(fd=fd)
 
     async def OpenConnection(self, request, context):  # noqa: N802
-        fd = await self._open(request, context, lambda q: q.open_connection(request.address))
+        fd = await self._open(
+            request, context, request.address, lambda q: q.open_connection(request.address)
+        )
         return kqd_pb2.OpenConnectionResponse(fd=fd)
 
     async def CloseDescriptor(self, request, context):  # noqa: N802
         queue = await self._queue(request.queue_id, context)
-        try:
-            queue.close_descriptor(request.fd)
-        except KeyError:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"descriptor {request.fd} is not open in this queue "
-                                f"[errno {errno.EBADF}]")
+        if request.fd not in queue.descriptors:
+            context.set_trailing_metadata(((ERRNO_KEY, str(errno.EBADF)),))
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"descriptor {request.fd} is not open in this queue"
+            )
+        queue.close_descriptor(request.fd)
         return kqd_pb2.CloseDescriptorResponse()
 
     async def expire_leases(self) -> None:
@@ -187,10 +232,14 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 self.queues.pop(queue.queue_id, None)
                 queue.close()
 
+    def stop_streams(self) -> None:
+        """Let every Wait stream end cleanly (status OK) at once."""
+        self.stopping = True
+        for queue in self.queues.values():
+            queue.wake()
+
     def close_all(self) -> None:
         for queue in list(self.queues.values()):
             with contextlib.suppress(OSError):
                 queue.close()
         self.queues.clear()
-
-

@@ -84,8 +84,9 @@ def test_zombie_fires_at_once(kq) -> None:
 
 
 def test_missing_pid_is_esrch(kq) -> None:
-    pid = subprocess.Popen(["true"]).pid
-    os.waitpid(pid, 0)
+    child = subprocess.Popen(["true"])
+    child.wait(WAIT_BOUND)
+    pid = child.pid
     err = kq.control([proc(pid)], 1, 0)[0]
     assert (err.flags, err.data) == (KQ_EV_ERROR, errno.ESRCH)
     assert kq.control([proc(2**40)], 1, 0)[0].data == errno.ESRCH

@@ -34,7 +34,6 @@ import contextlib
 import errno
 import heapq
 import itertools
-import math
 import os
 import select
 import threading
@@ -56,6 +55,7 @@ from kqd.core.constants import (
     KQ_EV_RECEIPT,
     KQ_EV_SYSFLAGS,
 )
+from kqd.core.control_args import check_control_args
 from kqd.core.kevent import kevent
 from kqd.core.linux import syscalls
 from kqd.core.linux.fdtable import FdTable
@@ -96,43 +96,6 @@ class TimerHandle:
 
     def cancel(self) -> None:
         self.cancelled = True
-
-
-def _changes_of(changelist: Iterable[kevent] | None) -> list[kevent]:
-    if changelist is None:
-        return []
-    try:
-        changes = list(changelist)
-    except TypeError:
-        raise TypeError(
-            f"changelist must be an iterable of kevent objects or None, "
-            f"got {type(changelist).__name__}"
-        ) from None
-    for change in changes:
-        if not isinstance(change, kevent):
-            raise TypeError(
-                f"changelist must contain kevent objects, got {type(change).__name__}; "
-                "build changes with kevent(ident, filter, flags, fflags, data, udata)"
-            )
-    return changes
-
-
-def _check_max_events(max_events: object) -> int:
-    if isinstance(max_events, bool) or not isinstance(max_events, int):
-        raise TypeError(f"max_events must be an int, got {type(max_events).__name__}")
-    if max_events < 0:
-        raise ValueError(f"Length of eventlist must be 0 or positive, got {max_events}")
-    return max_events
-
-
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout argument must be a number or None, got {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be positive or None, got {timeout}")
-    return float(timeout)
 
 
 class Kqueue:
@@ -215,9 +178,7 @@ class Kqueue:
         errno in ``data``, and then no events are collected in that call; when there is no room
         left to report a failure the call raises OSError with that errno.
         """
-        changes = _changes_of(changelist)
-        max_events = _check_max_events(max_events)
-        wait = _check_timeout(timeout)
+        changes, max_events, wait = check_control_args(changelist, max_events, timeout)
         with self._lock:
             self._check_open()
             receipts = self._apply(changes, max_events)
