@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -100,10 +101,8 @@ class RemoteKqueue:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            try:
+            with contextlib.suppress(LookupError, DaemonUnavailable):  # gone already: done
                 self.client.call("CloseQueue", kqd_pb2.CloseQueueRequest(queue_id=self.queue_id))
-            except (LookupError, DaemonUnavailable):
-                pass  # gone already: closing is done
 
     def fileno(self) -> int:
         raise OSError("a remote kqueue has no local descriptor; use stream() or control()")

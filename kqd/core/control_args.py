@@ -1,4 +1,4 @@
-"""The argument rules of ``control(changelist, max_events, timeout)``, as ``select.kqueue`` has them.
+"""The argument rules of ``control(changelist, max_events, timeout)``, as in ``select.kqueue``.
 
 Portable, so that every kqueue flavour (the core, the remote client) checks them identically.
 """

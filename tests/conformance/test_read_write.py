@@ -23,10 +23,17 @@ from kqd.core import (
 from tests.conftest import wait_events
 
 
-@pytest.fixture(autouse=True)
-def _local_only(backend) -> None:
+@pytest.fixture
+def ident(kq, backend):
+    """ident(fd_or_socket): how the backend names one of our descriptors (remote: a duplicate
+    taken with OpenPeerFd)."""
+    return lambda obj: backend.adopt(kq, obj if isinstance(obj, int) else obj.fileno())
+
+
+@pytest.fixture
+def local_only(backend) -> None:
     if not backend.local:
-        pytest.skip("descriptor idents of this process")
+        pytest.skip("about this process's own descriptor numbers")
 
 
 def read(fd, flags: int = KQ_EV_ADD, fflags: int = 0, data: int = 0, udata: bytes = b"") -> kevent:
@@ -45,21 +52,22 @@ def pair():
     b.close()
 
 
-def test_level_triggered_read_repeats_while_data_remains(kq, pair) -> None:
+def test_level_triggered_read_repeats_while_data_remains(kq, pair, ident) -> None:
     a, b = pair
-    kq.control([read(a, udata=b"sock")], 0)
+    fd = ident(a)
+    kq.control([read(fd, udata=b"sock")], 0)
     assert kq.control(None, 4, 0) == []
     b.send(b"hello")
     ev = wait_events(kq)[0]
-    assert (ev.ident, ev.data, ev.udata) == (a.fileno(), 5, b"sock")
+    assert (ev.ident, ev.data, ev.udata) == (fd, 5, b"sock")
     assert len(kq.control(None, 4, 0)) == 1, "without EV_CLEAR a readable socket is reported again"
     a.recv(5)
     assert kq.control(None, 4, 0) == [], "drained: the level knote leaves the queue"
 
 
-def test_edge_triggered_read_reports_once_per_arrival(kq, pair) -> None:
+def test_edge_triggered_read_reports_once_per_arrival(kq, pair, ident) -> None:
     a, b = pair
-    kq.control([read(a, KQ_EV_ADD | KQ_EV_CLEAR)], 0)
+    kq.control([read(ident(a), KQ_EV_ADD | KQ_EV_CLEAR)], 0)
     b.send(b"x")
     assert wait_events(kq)[0].data == 1
     assert kq.control(None, 4, 0) == [], "EV_CLEAR: the second call returns nothing"
@@ -67,36 +75,36 @@ def test_edge_triggered_read_reports_once_per_arrival(kq, pair) -> None:
     assert wait_events(kq)[0].data == 3
 
 
-def test_registration_reports_data_already_there(kq, pair) -> None:
+def test_registration_reports_data_already_there(kq, pair, ident) -> None:
     a, b = pair
     b.send(b"early")
-    kq.control([read(a)], 0)
+    kq.control([read(ident(a))], 0)
     assert wait_events(kq)[0].data == 5
 
 
-def test_peer_close_is_eof_with_remaining_data(kq, pair) -> None:
+def test_peer_close_is_eof_with_remaining_data(kq, pair, ident) -> None:
     a, b = pair
-    kq.control([read(a)], 0)
+    kq.control([read(ident(a))], 0)
     b.send(b"last")
     b.close()
     ev = wait_events(kq)[0]
     assert ev.flags & KQ_EV_EOF and ev.data == 4
 
 
-def test_lowat_waits_for_threshold(kq, pair) -> None:
+def test_lowat_waits_for_threshold(kq, pair, ident) -> None:
     a, b = pair
-    kq.control([read(a, KQ_EV_ADD, KQ_NOTE_LOWAT, 5)], 0)
+    kq.control([read(ident(a), KQ_EV_ADD, KQ_NOTE_LOWAT, 5)], 0)
     b.send(b"abc")
     assert kq.control(None, 4, 0.05) == []
     b.send(b"de")
     assert wait_events(kq)[0].data == 5
 
 
-def test_listening_socket_reports_backlog(kq) -> None:
+def test_listening_socket_reports_backlog(kq, ident) -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(8)
-        kq.control([read(server)], 0)
+        kq.control([read(ident(server))], 0)
         clients = [socket.create_connection(server.getsockname()) for _ in range(3)]
         try:
             ev = wait_events(kq)[0]
@@ -108,10 +116,10 @@ def test_listening_socket_reports_backlog(kq) -> None:
                 c.close()
 
 
-def test_pipe_read_data_and_eof_when_writer_leaves(kq) -> None:
+def test_pipe_read_data_and_eof_when_writer_leaves(kq, ident) -> None:
     r, w = os.pipe()
     try:
-        kq.control([read(r)], 0)
+        kq.control([read(ident(r))], 0)
         os.write(w, b"1234")
         assert wait_events(kq)[0].data == 4
         os.close(w)
@@ -121,13 +129,13 @@ def test_pipe_read_data_and_eof_when_writer_leaves(kq) -> None:
         os.close(r)
 
 
-def test_fifo(kq) -> None:
+def test_fifo(kq, ident) -> None:
     path = os.path.join(tempfile.mkdtemp(), "fifo")
     os.mkfifo(path)
     r = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     w = os.open(path, os.O_WRONLY)
     try:
-        kq.control([read(r)], 0)
+        kq.control([read(ident(r))], 0)
         os.write(w, b"ab")
         assert wait_events(kq)[0].data == 2
     finally:
@@ -135,14 +143,14 @@ def test_fifo(kq) -> None:
         os.close(r)
 
 
-def test_regular_file_read_data_is_size_minus_offset(kq) -> None:
+def test_regular_file_read_data_is_size_minus_offset(kq, ident) -> None:
     with tempfile.NamedTemporaryFile() as f:
         f.write(b"0123456789")
         f.flush()
         fd = os.open(f.name, os.O_RDONLY)
         try:
             os.lseek(fd, 4, os.SEEK_SET)
-            kq.control([read(fd, KQ_EV_ADD | KQ_EV_CLEAR)], 0)
+            kq.control([read(ident(fd), KQ_EV_ADD | KQ_EV_CLEAR)], 0)
             assert wait_events(kq)[0].data == 6
             f.write(b"ab")
             f.flush()
@@ -151,17 +159,17 @@ def test_regular_file_read_data_is_size_minus_offset(kq) -> None:
             os.close(fd)
 
 
-def test_write_reports_free_space(kq, pair) -> None:
+def test_write_reports_free_space(kq, pair, ident) -> None:
     a, _b = pair
-    kq.control([write(a)], 0)
+    kq.control([write(ident(a))], 0)
     ev = wait_events(kq)[0]
     assert ev.filter == KQ_FILTER_WRITE and ev.data > 0
 
 
-def test_pipe_write_space_and_eof_when_reader_leaves(kq) -> None:
+def test_pipe_write_space_and_eof_when_reader_leaves(kq, ident) -> None:
     r, w = os.pipe()
     try:
-        kq.control([write(w)], 0)
+        kq.control([write(ident(w))], 0)
         assert wait_events(kq)[0].data == 65536
         os.close(r)
         assert wait_events(kq)[0].flags & KQ_EV_EOF
@@ -169,7 +177,7 @@ def test_pipe_write_space_and_eof_when_reader_leaves(kq) -> None:
         os.close(w)
 
 
-def test_refused_connect_is_write_eof_with_errno(kq) -> None:
+def test_refused_connect_is_write_eof_with_errno(kq, ident) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # bound, not listening: connect is refused
@@ -177,14 +185,14 @@ def test_refused_connect_is_write_eof_with_errno(kq) -> None:
         s.setblocking(False)
         try:
             s.connect_ex(("127.0.0.1", port))
-            kq.control([write(s)], 0)
+            kq.control([write(ident(s))], 0)
             ev = wait_events(kq)[0]
             assert ev.flags & KQ_EV_EOF and ev.fflags == errno.ECONNREFUSED
         finally:
             s.close()
 
 
-def test_bad_descriptor_is_ebadf(kq) -> None:
+def test_bad_descriptor_is_ebadf(kq, local_only) -> None:
     r, w = os.pipe()
     os.close(r)
     os.close(w)
@@ -192,7 +200,7 @@ def test_bad_descriptor_is_ebadf(kq) -> None:
     assert (err.flags, err.data) == (KQ_EV_ERROR, errno.EBADF)
 
 
-def test_closed_and_reused_descriptor_never_sees_stale_events(kq) -> None:
+def test_closed_and_reused_descriptor_never_sees_stale_events(kq, local_only) -> None:
     a, b = socket.socketpair()
     fd = a.fileno()
     kq.control([read(fd, udata=b"old")], 0)
@@ -214,7 +222,7 @@ def test_closed_and_reused_descriptor_never_sees_stale_events(kq) -> None:
         os.close(w)
 
 
-def test_close_drops_knotes_of_the_descriptor(kq) -> None:
+def test_close_drops_knotes_of_the_descriptor(kq, local_only) -> None:
     r, w = os.pipe()
     kq.control([read(r), write(w)], 0)
     os.close(w)

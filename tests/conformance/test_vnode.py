@@ -35,22 +35,27 @@ ALL = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _local_only(backend) -> None:
-    if not backend.local:
-        pytest.skip("descriptor idents of this process")
-
-
 @pytest.fixture
 def workdir() -> Iterator[str]:
     with tempfile.TemporaryDirectory() as d:
         yield d
 
 
-def watch(kq, path: str, notes: int = ALL, flags: int = KQ_EV_ADD | KQ_EV_CLEAR) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    kq.control([kevent(fd, KQ_FILTER_VNODE, flags, notes, 0, b"v")], 0)
-    return fd
+@pytest.fixture
+def watch(kq, backend):
+    """watch(path, notes, flags): open *path* in the backend's table and add a VNODE knote."""
+
+    opened: list[int] = []
+
+    def add(path: str, notes: int = ALL, flags: int = KQ_EV_ADD | KQ_EV_CLEAR) -> int:
+        fd = backend.open_path(kq, path)
+        opened.append(fd)
+        kq.control([kevent(fd, KQ_FILTER_VNODE, flags, notes, 0, b"v")], 0)
+        return fd
+
+    yield add
+    for fd in opened:
+        backend.close_fd(kq, fd)
 
 
 def notes(kq) -> int:
@@ -62,55 +67,51 @@ def make_file(path: str, content: bytes = b"") -> None:
         f.write(content)
 
 
-def test_write_and_extend(kq, workdir) -> None:
+def test_write_and_extend(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(kq, path)
+    fd = watch(path)
     with open(path, "ab") as f:
         f.write(b"more")
     assert notes(kq) == KQ_NOTE_WRITE | KQ_NOTE_EXTEND
     with open(path, "r+b") as f:
         f.write(b"M")  # overwrite in place: no growth
     assert notes(kq) == KQ_NOTE_WRITE
-    os.close(fd)
 
 
-def test_attrib(kq, workdir) -> None:
+def test_attrib(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(kq, path)
+    fd = watch(path)
     os.chmod(path, 0o600)
     assert notes(kq) == KQ_NOTE_ATTRIB
-    os.close(fd)
 
 
-def test_link_and_delete(kq, workdir) -> None:
+def test_link_and_delete(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(kq, path)
+    fd = watch(path)
     os.link(path, path + ".2")
     assert notes(kq) == KQ_NOTE_LINK
     os.unlink(path + ".2")
     assert notes(kq) == KQ_NOTE_LINK
     os.unlink(path)
     assert notes(kq) == KQ_NOTE_DELETE
-    os.close(fd)
 
 
-def test_rename_follows_the_file(kq, workdir) -> None:
+def test_rename_follows_the_file(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(kq, path)
+    fd = watch(path)
     os.rename(path, path + ".moved")
     assert notes(kq) == KQ_NOTE_RENAME
     with open(path + ".moved", "ab") as f:
         f.write(b"x")
     assert notes(kq) & KQ_NOTE_WRITE, "the knote follows the inode across the rename"
-    os.close(fd)
 
 
-def test_directory_entries(kq, workdir) -> None:
-    fd = watch(kq, workdir)
+def test_directory_entries(kq, workdir, watch) -> None:
+    fd = watch(workdir)
     make_file(os.path.join(workdir, "new"))
     assert notes(kq) == KQ_NOTE_WRITE
     os.mkdir(os.path.join(workdir, "sub"))
@@ -120,13 +121,12 @@ def test_directory_entries(kq, workdir) -> None:
     with tempfile.TemporaryDirectory() as other:
         os.rename(os.path.join(workdir, "renamed"), os.path.join(other, "out"))
         assert notes(kq) == KQ_NOTE_WRITE | KQ_NOTE_EXTEND
-    os.close(fd)
 
 
-def test_open_read_close_notes(kq, workdir) -> None:
+def test_open_read_close_notes(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path, b"data")
-    fd = watch(kq, path, KQ_NOTE_OPEN | KQ_NOTE_READ | KQ_NOTE_CLOSE | KQ_NOTE_CLOSE_WRITE)
+    fd = watch(path, KQ_NOTE_OPEN | KQ_NOTE_READ | KQ_NOTE_CLOSE | KQ_NOTE_CLOSE_WRITE)
     with open(path, "rb") as f:
         f.read()
     seen = 0
@@ -137,39 +137,36 @@ def test_open_read_close_notes(kq, workdir) -> None:
     seen = 0
     while not seen & KQ_NOTE_CLOSE_WRITE:
         seen |= notes(kq)
-    os.close(fd)
 
 
-def test_only_requested_notes_are_reported(kq, workdir) -> None:
+def test_only_requested_notes_are_reported(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(kq, path, KQ_NOTE_ATTRIB)
+    fd = watch(path, KQ_NOTE_ATTRIB)
     with open(path, "ab") as f:
         f.write(b"x")
     assert kq.control(None, 4, 0.05) == []
     os.chmod(path, 0o644)
     assert notes(kq) == KQ_NOTE_ATTRIB
-    os.close(fd)
 
 
-def test_without_clear_a_fired_vnode_knote_repeats(kq, workdir) -> None:
+def test_without_clear_a_fired_vnode_knote_repeats(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(kq, path, flags=KQ_EV_ADD)
+    fd = watch(path, flags=KQ_EV_ADD)
     os.chmod(path, 0o600)
     assert notes(kq) == KQ_NOTE_ATTRIB
     assert [e.fflags for e in kq.control(None, 4, 0)] == [KQ_NOTE_ATTRIB]
-    os.close(fd)
 
 
-def test_pipe_or_socket_is_einval(kq) -> None:
+def test_pipe_or_socket_is_einval(kq, backend) -> None:
     r, w = os.pipe()
     a, b = socket.socketpair()
     try:
         errs = kq.control(
             [
-                kevent(r, KQ_FILTER_VNODE, KQ_EV_ADD, KQ_NOTE_WRITE),
-                kevent(a, KQ_FILTER_VNODE, KQ_EV_ADD, KQ_NOTE_WRITE),
+                kevent(backend.adopt(kq, r), KQ_FILTER_VNODE, KQ_EV_ADD, KQ_NOTE_WRITE),
+                kevent(backend.adopt(kq, a.fileno()), KQ_FILTER_VNODE, KQ_EV_ADD, KQ_NOTE_WRITE),
             ],
             2,
             0,
@@ -177,8 +174,7 @@ def test_pipe_or_socket_is_einval(kq) -> None:
         assert [(e.flags, e.data) for e in errs] == [(KQ_EV_ERROR, errno.EINVAL)] * 2
     finally:
         for fd in (r, w):
-            os.close(fd)
-        a.close()
+            a.close()
         b.close()
 
 
@@ -190,15 +186,14 @@ def _open_descriptors() -> list[str]:
     return targets
 
 
-def test_many_knotes_share_one_inotify_instance(kq, workdir) -> None:
+def test_many_knotes_share_one_inotify_instance(kq, workdir, watch, backend) -> None:
+    if not backend.local:
+        pytest.skip("counts this process's descriptors")
     before = len(os.listdir("/proc/self/fd"))
-    fds = []
     for i in range(20):
         path = os.path.join(workdir, f"f{i}")
         make_file(path)
-        fds.append(watch(kq, path))
+        watch(path)
     inotify = [target for target in _open_descriptors() if target == "anon_inode:inotify"]
     assert len(inotify) <= 1, "one inotify instance for all knotes"
     assert len(os.listdir("/proc/self/fd")) - before <= 20 * 2 + 1
-    for fd in fds:
-        os.close(fd)
