@@ -70,7 +70,7 @@ def make_file(path: str, content: bytes = b"") -> None:
 def test_write_and_extend(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(path)
+    watch(path)
     with open(path, "ab") as f:
         f.write(b"more")
     assert notes(kq) == KQ_NOTE_WRITE | KQ_NOTE_EXTEND
@@ -82,7 +82,7 @@ def test_write_and_extend(kq, workdir, watch) -> None:
 def test_attrib(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(path)
+    watch(path)
     os.chmod(path, 0o600)
     assert notes(kq) == KQ_NOTE_ATTRIB
 
@@ -90,7 +90,7 @@ def test_attrib(kq, workdir, watch) -> None:
 def test_link_and_delete(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(path)
+    watch(path)
     os.link(path, path + ".2")
     assert notes(kq) == KQ_NOTE_LINK
     os.unlink(path + ".2")
@@ -102,7 +102,7 @@ def test_link_and_delete(kq, workdir, watch) -> None:
 def test_rename_follows_the_file(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(path)
+    watch(path)
     os.rename(path, path + ".moved")
     assert notes(kq) == KQ_NOTE_RENAME
     with open(path + ".moved", "ab") as f:
@@ -111,7 +111,7 @@ def test_rename_follows_the_file(kq, workdir, watch) -> None:
 
 
 def test_directory_entries(kq, workdir, watch) -> None:
-    fd = watch(workdir)
+    watch(workdir)
     make_file(os.path.join(workdir, "new"))
     assert notes(kq) == KQ_NOTE_WRITE
     os.mkdir(os.path.join(workdir, "sub"))
@@ -126,7 +126,7 @@ def test_directory_entries(kq, workdir, watch) -> None:
 def test_open_read_close_notes(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path, b"data")
-    fd = watch(path, KQ_NOTE_OPEN | KQ_NOTE_READ | KQ_NOTE_CLOSE | KQ_NOTE_CLOSE_WRITE)
+    watch(path, KQ_NOTE_OPEN | KQ_NOTE_READ | KQ_NOTE_CLOSE | KQ_NOTE_CLOSE_WRITE)
     with open(path, "rb") as f:
         f.read()
     seen = 0
@@ -142,7 +142,7 @@ def test_open_read_close_notes(kq, workdir, watch) -> None:
 def test_only_requested_notes_are_reported(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(path, KQ_NOTE_ATTRIB)
+    watch(path, KQ_NOTE_ATTRIB)
     with open(path, "ab") as f:
         f.write(b"x")
     assert kq.control(None, 4, 0.05) == []
@@ -153,7 +153,7 @@ def test_only_requested_notes_are_reported(kq, workdir, watch) -> None:
 def test_without_clear_a_fired_vnode_knote_repeats(kq, workdir, watch) -> None:
     path = os.path.join(workdir, "f")
     make_file(path)
-    fd = watch(path, flags=KQ_EV_ADD)
+    watch(path, flags=KQ_EV_ADD)
     os.chmod(path, 0o600)
     assert notes(kq) == KQ_NOTE_ATTRIB
     assert [e.fflags for e in kq.control(None, 4, 0)] == [KQ_NOTE_ATTRIB]
@@ -174,7 +174,8 @@ def test_pipe_or_socket_is_einval(kq, backend) -> None:
         assert [(e.flags, e.data) for e in errs] == [(KQ_EV_ERROR, errno.EINVAL)] * 2
     finally:
         for fd in (r, w):
-            a.close()
+            os.close(fd)
+        a.close()
         b.close()
 
 
