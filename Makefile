@@ -20,6 +20,7 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 	$(VENV)/bin/ruff check kqd client tests bench
+	cd proto && npx --yes @bufbuild/buf@1.75.0 lint
 
 bench: setup
 	$(PY) -m pip install --quiet --disable-pip-version-check matplotlib

@@ -139,7 +139,12 @@ def orphan_factory() -> Iterator[Callable[[int], Orphan]]:
 
 
 def sleeper() -> subprocess.Popen:
-    """A child that runs until killed or its stdin closes."""
-    return subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    """A child that runs until killed or its stdin closes; returned once it is running Python
+    (so its exec is over: the proc connector reports an exec slightly after the parent sees it)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    return child

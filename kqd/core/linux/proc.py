@@ -86,7 +86,14 @@ class _PidfdSource:
         self.kn = kn
 
     def on_ready(self, events: int) -> None:
-        self.flt.exited(self.kn)
+        connector = self.kn.hook.connector
+        if connector is None:
+            self.flt.exited(self.kn)
+            return
+        # The connector reported this process's forks and execs before it exited, but its
+        # socket may be read after the pidfd: read it first, and handle the exit after them.
+        connector.connector.pump()
+        self.flt.kq.post(lambda: self.flt.exited(self.kn))
 
     def on_stale(self) -> None:
         pass

@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Self
@@ -44,7 +45,7 @@ Callback = Callable[[str, int], None]
 
 
 class Subscription:
-    __slots__ = ("active", "callback", "connector", "kq", "pid")
+    __slots__ = ("active", "callback", "connector", "kq", "pid", "since")
 
     def __init__(self, connector: ProcConnector, pid: int, kq: Kqueue, callback: Callback):
         self.connector = connector
@@ -52,6 +53,8 @@ class Subscription:
         self.kq = kq
         self.callback = callback
         self.active = True
+        # Messages are read late: one stamped before the subscription is about the past.
+        self.since = time.monotonic_ns()
 
     def cancel(self) -> None:
         self.connector.unsubscribe(self)
@@ -124,14 +127,17 @@ class ProcConnector(ProcessWide):
                         raise
                     deliveries += [(s, LOST, 0) for subs in self._by_pid.values() for s in subs]
                     continue
-                for what, pid, child in self._parse(data):
-                    deliveries += [(s, what, child) for s in self._by_pid.get(pid, [])]
+                for what, pid, child, stamp in self._parse(data):
+                    deliveries += [
+                        (s, what, child) for s in self._by_pid.get(pid, []) if stamp >= s.since
+                    ]
         for sub, what, child in deliveries:
             sub.kq.post(lambda s=sub, w=what, c=child: s.active and s.callback(w, c))
 
     @staticmethod
-    def _parse(data: bytes) -> list[tuple[str, int, int]]:
-        """(kind, watched pid, child pid) for each process-level fork and exec in *data*."""
+    def _parse(data: bytes) -> list[tuple[str, int, int, int]]:
+        """(kind, watched pid, child pid, CLOCK_MONOTONIC ns) for each process-level fork and
+        exec in *data*."""
         out = []
         offset = 0
         while offset + _NLMSGHDR.size <= len(data):
@@ -139,14 +145,14 @@ class ProcConnector(ProcessWide):
             body = offset + _NLMSGHDR.size + _CN_MSG.size
             if length < _NLMSGHDR.size or body + _EVENT_HEADER.size > len(data):
                 break
-            what = _EVENT_HEADER.unpack_from(data, body)[0]
+            what, _cpu, stamp = _EVENT_HEADER.unpack_from(data, body)
             pids = body + _EVENT_HEADER.size
             if what == _PROC_EVENT_FORK and pids + _PIDS.size <= len(data):
                 _ppid, parent_tgid, child_pid, child_tgid = _PIDS.unpack_from(data, pids)
                 if child_pid == child_tgid:  # a new process, not a new thread
-                    out.append((FORK, parent_tgid, child_tgid))
+                    out.append((FORK, parent_tgid, child_tgid, stamp))
             elif what == _PROC_EVENT_EXEC and pids + 8 <= len(data):
                 _pid, tgid = struct.unpack_from("=ii", data, pids)
-                out.append((EXEC, tgid, 0))
+                out.append((EXEC, tgid, 0, stamp))
             offset += (length + 3) & ~3
         return out

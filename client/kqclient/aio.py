@@ -1,0 +1,119 @@
+"""The asyncio client: the same API as ``kqclient``, with ``await`` and ``async for``.
+
+```python
+from kqclient import aio
+async with aio.connect() as client:
+    kq = await client.kqueue()
+    await kq.control([...], 0)
+    async for ev in kq.stream():
+        ...
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+
+from kqclient.errors import DaemonUnavailable, translate
+from kqclient.protocol import QueueRequests, Resume
+from kqclient.target import KEEPALIVE_OPTIONS, resolve_target
+from kqd.core.kevent import kevent
+from kqd.v1 import kqd_pb2, kqd_pb2_grpc
+from kqd.wire import from_wire
+
+
+class Client:
+    """An asyncio connection to one kqd daemon; ``async with`` closes it."""
+
+    def __init__(self, target: str | None = None) -> None:
+        self.target = resolve_target(target)
+        self._channel = grpc.aio.insecure_channel(self.target, options=KEEPALIVE_OPTIONS)
+        self.stub = kqd_pb2_grpc.KQueueServiceStub(self._channel)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await getattr(self.stub, method)(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise translate(error, self.target) from None
+
+    async def kqueue(self, queue_id: str | None = None) -> RemoteKqueue:
+        if queue_id is None:
+            response = await self.call("CreateQueue", kqd_pb2.CreateQueueRequest())
+            queue_id = response.queue_id
+        return RemoteKqueue(self, queue_id)
+
+
+def connect(target: str | None = None) -> Client:
+    """Connect to kqd at *target* (default: ``KQD_TARGET``, then the default socket)."""
+    return Client(target)
+
+
+class RemoteKqueue(QueueRequests):
+    """The asyncio twin of ``kqclient.RemoteKqueue``."""
+
+    def __init__(self, client: Client, queue_id: str) -> None:
+        super().__init__(queue_id)
+        self.client = client
+
+    async def __aenter__(self) -> RemoteKqueue:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        request = self._close_call()
+        if request is not None:
+            with contextlib.suppress(LookupError, DaemonUnavailable):
+                await self.client.call("CloseQueue", request)
+
+    async def control(
+        self, changelist: Iterable[kevent] | None, max_events: int, timeout: float | None = None
+    ) -> list[kevent]:
+        request, deadline = self._kevent_call(changelist, max_events, timeout)
+        response = await self.client.call("Kevent", request, deadline)
+        return [from_wire(ev) for ev in response.events]
+
+    async def register(self, changes: Iterable[kevent]) -> list[kevent]:
+        response = await self.client.call("Register", self._register_call(changes))
+        return [from_wire(r) for r in response.receipts]
+
+    async def stream(
+        self, *, after: int | None = None, max_batch: int = 0
+    ) -> AsyncIterator[kevent]:
+        resume = Resume(self, after, max_batch)
+        while True:
+            try:
+                async for response in self.client.stub.Wait(resume.request()):
+                    for ev in resume.accept(response):
+                        yield ev
+            except grpc.RpcError as error:
+                await asyncio.sleep(resume.retry_after(translate(error, self.client.target)))
+
+    async def open(self, path: str) -> int:
+        return int((await self.client.call(*self._descriptor_call("Open", path=path))).fd)
+
+    async def open_peer_fd(self, pid: int, fd: int) -> int:
+        call = self._descriptor_call("OpenPeerFd", pid=pid, fd=fd)
+        return int((await self.client.call(*call)).fd)
+
+    async def open_connection(self, address: str) -> int:
+        call = self._descriptor_call("OpenConnection", address=address)
+        return int((await self.client.call(*call)).fd)
+
+    async def close_fd(self, fd: int) -> None:
+        await self.client.call(*self._descriptor_call("CloseDescriptor", fd=fd))
