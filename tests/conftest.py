@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,14 +42,49 @@ class Backend:
             kq.close_fd(fd)
 
 
-@pytest.fixture(scope="session")
-def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``kqd serve`` on a Unix socket for the whole session."""
+@dataclass
+class Daemon:
+    """A real ``kqd serve`` subprocess on a Unix socket."""
+
+    target: str
+    socket: Path
+    process: subprocess.Popen
+
+    def wait_for_log(self, text: str) -> bool:
+        """Read the daemon's log until a line contains *text*; False if it ends first."""
+        assert self.process.stderr is not None, "start_daemon(..., log_level=...) captures logs"
+        return any(text in line for line in self.process.stderr)
+
+    def stop(self) -> int:
+        """SIGTERM, and the exit status (failing the test if it does not exit in time)."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(WAIT_BOUND)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"kqd serve did not exit within {WAIT_BOUND}s of SIGTERM")
+
+
+def start_daemon(directory: Path, *extra: str, log_level: str | None = None) -> Daemon:
+    """Start ``kqd serve``; with *log_level*, its log is captured for ``wait_for_log``."""
     import grpc
 
-    target = f"unix://{tmp_path_factory.mktemp('kqd') / 'kqd.sock'}"
+    sock = directory / "kqd.sock"
+    target = f"unix://{sock}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kqd", "serve", "--listen", target, "--log-level", "warning"]
+        [
+            sys.executable,
+            "-m",
+            "kqd",
+            "serve",
+            "--listen",
+            target,
+            "--log-level",
+            log_level or "warning",
+            *extra,
+        ],
+        stderr=subprocess.PIPE if log_level else None,
+        text=True,
     )
     channel = grpc.insecure_channel(target)
     try:
@@ -58,9 +94,15 @@ def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.fail(f"kqd serve did not come up on {target} within {WAIT_BOUND}s")
     finally:
         channel.close()
-    yield target
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(WAIT_BOUND) == 0, "kqd serve did not exit cleanly on SIGTERM"
+    return Daemon(target, sock, proc)
+
+
+@pytest.fixture(scope="session")
+def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real ``kqd serve`` for the whole session."""
+    daemon = start_daemon(tmp_path_factory.mktemp("kqd"))
+    yield daemon.target
+    assert daemon.stop() == 0, "kqd serve did not exit cleanly on SIGTERM"
 
 
 @pytest.fixture(params=["core", "remote"])

@@ -130,15 +130,14 @@ def cmd_watch(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) 
     kq.control(
         [kqclient.kevent(fd, KQ_FILTER_VNODE, KQ_EV_ADD | KQ_EV_CLEAR, notes) for fd in paths], 0
     )
-    seen = 0
-    for ev in kq.stream():
+    warn(f"watching {len(paths)} path(s)")  # like inotifywait's "Watches established."
+    for seen, ev in enumerate(kq.stream(), start=1):
         names = [name for name, bit in VNODE_NOTES.items() if ev.fflags & bit]
         path = paths.get(ev.ident, str(ev.ident))
         out.emit(
             f"{path} {','.join(names)}",
             {"path": path, "notes": names, "fflags": ev.fflags, "sequence": kq.last_sequence},
         )
-        seen += 1
         if args.count and seen >= args.count:
             return EXIT_OK
     return EXIT_OK

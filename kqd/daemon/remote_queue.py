@@ -38,6 +38,7 @@ class RemoteQueue:
         self.log: deque[tuple[int, kevent]] = deque(maxlen=LOG_CAPACITY)
         self.last_sequence = 0
         self.streams = 0
+        self.stopping = False
         self.last_seen = time.monotonic()
         self._readiness = Readiness(self.kq.fileno())
 
@@ -92,8 +93,9 @@ class RemoteQueue:
 
     # ------------------------------------------------------------------ events
 
-    def wake(self) -> None:
-        """End every wait on this queue now (shutdown)."""
+    def stop_waits(self) -> None:
+        """End every wait on this queue now, and refuse new ones (shutdown)."""
+        self.stopping = True
         self._readiness.wake()
 
     def confine(self, changes: list[kevent]) -> tuple[list[kevent], dict[int, int]]:
@@ -146,7 +148,7 @@ class RemoteQueue:
                 raise ResumeTooOldError(oldest)
             return [item for item in self.log if item[0] > after][:max_batch]
         deadline = time.monotonic() + heartbeat
-        while True:
+        while not self.stopping:
             fresh = self.kq.control(None, max_batch, 0)
             if fresh:
                 batch = []
@@ -157,5 +159,6 @@ class RemoteQueue:
                 return batch
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return []
+                break
             await self._readiness.wait(remaining)
+        return []

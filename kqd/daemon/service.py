@@ -162,6 +162,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                         f"{exc.oldest}; what came between is gone, so re-read the state you "
                         f"watch and resume after {exc.oldest - 1}",
                     )
+                if self.stopping:
+                    break
                 response = kqd_pb2.WaitResponse(
                     events=[
                         kqd_pb2.SequencedKevent(sequence=s, event=to_wire(e)) for s, e in items
@@ -236,7 +238,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         """Let every Wait stream end cleanly (status OK) at once."""
         self.stopping = True
         for queue in self.queues.values():
-            queue.wake()
+            queue.stop_waits()
 
     def close_all(self) -> None:
         for queue in list(self.queues.values()):
