@@ -14,7 +14,15 @@ import socket
 import time
 from collections import deque
 
-from kqd.core import KQ_FILTER_READ, KQ_FILTER_VNODE, KQ_FILTER_WRITE, kevent, kqueue
+from kqd.core import (
+    KQ_EV_DELETE,
+    KQ_EV_RECEIPT,
+    KQ_FILTER_READ,
+    KQ_FILTER_VNODE,
+    KQ_FILTER_WRITE,
+    kevent,
+    kqueue,
+)
 from kqd.core.linux import syscalls
 from kqd.daemon.readiness import Readiness
 
@@ -35,6 +43,8 @@ class RemoteQueue:
         self.kq = kqueue()
         self.lease = lease
         self.descriptors: set[int] = set()
+        # Duplicates of other processes' descriptors: our fd -> (pid, their fd).
+        self.peer_fds: dict[int, tuple[int, int]] = {}
         self.log: deque[tuple[int, kevent]] = deque(maxlen=LOG_CAPACITY)
         self.last_sequence = 0
         self.streams = 0
@@ -53,6 +63,7 @@ class RemoteQueue:
         for fd in self.descriptors:
             os.close(fd)
         self.descriptors.clear()
+        self.peer_fds.clear()
 
     # ------------------------------------------------------------------ descriptors
 
@@ -68,7 +79,24 @@ class RemoteQueue:
         finally:
             os.close(pidfd)
         self.descriptors.add(fd)
+        self.peer_fds[fd] = (pid, target_fd)
         return fd
+
+    def release_abandoned_peer_fds(self) -> list[int]:
+        """Close our duplicates of descriptors their owner closed, replaced or took to its
+        exit: a duplicate keeps a socket open, so holding on would hide the close from the
+        peer. Returns the descriptors closed."""
+        me = os.getpid()
+        gone = []
+        for fd, (pid, their_fd) in list(self.peer_fds.items()):
+            try:
+                still_shared = syscalls.same_file_description(pid, their_fd, me, fd)
+            except OSError:
+                still_shared = False
+            if not still_shared:
+                self.close_descriptor(fd)
+                gone.append(fd)
+        return gone
 
     def open_connection(self, address: str) -> int:
         if address.startswith("unix:"):
@@ -88,7 +116,14 @@ class RemoteQueue:
         return fd
 
     def close_descriptor(self, fd: int) -> None:
-        self.descriptors.remove(fd)  # KeyError: not ours
+        """Close *fd* of the queue's table, dropping its knotes first (as close(2) does)."""
+        self.kq.control(
+            [kevent(fd, filt, KQ_EV_DELETE | KQ_EV_RECEIPT) for filt in FD_FILTERS],
+            len(FD_FILTERS),
+            0,
+        )
+        self.descriptors.remove(fd)
+        self.peer_fds.pop(fd, None)
         os.close(fd)
 
     # ------------------------------------------------------------------ events

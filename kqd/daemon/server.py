@@ -75,12 +75,12 @@ async def serve(listen: list[str], lease: float, grace: float) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    leases = asyncio.create_task(service.expire_leases())
+    housekeeping = asyncio.create_task(service.housekeeping())
     await stop.wait()
     log.info("shutting down: NOT_SERVING, then a %ss grace period for streams", grace)
     await health_servicer.enter_graceful_shutdown()
     service.stop_streams()
-    leases.cancel()
+    housekeeping.cancel()
     await server.stop(grace)
     service.close_all()
     for path in sockets:

@@ -32,6 +32,7 @@ MAX_EVENTS = 10_000
 DEFAULT_BATCH = 512
 HEARTBEAT_SECONDS = 5.0
 STUCK_SECONDS = 60.0
+HOUSEKEEPING_SECONDS = 1.0
 
 _OS_ERROR_STATUS = {
     errno.ENOENT: grpc.StatusCode.NOT_FOUND,
@@ -224,10 +225,14 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         queue.close_descriptor(request.fd)
         return kqd_pb2.CloseDescriptorResponse()
 
-    async def expire_leases(self) -> None:
-        """Close queues nobody has used for their lease (their descriptors go with them)."""
+    async def housekeeping(self) -> None:
+        """Once a second: let go of peer descriptors their owners closed (kcmp), and close
+        queues nobody has used for their lease (their descriptors go with them)."""
         while True:
-            await asyncio.sleep(min(self.lease, 5.0))
+            await asyncio.sleep(min(self.lease, HOUSEKEEPING_SECONDS))
+            for queue in self.queues.values():
+                for fd in queue.release_abandoned_peer_fds():
+                    log.info("queue %s…: descriptor %d closed by its owner", queue.queue_id[:8], fd)
             now = time.monotonic()
             for queue in [q for q in self.queues.values() if q.expired(now)]:
                 log.info("queue %s… lease expired", queue.queue_id[:8])

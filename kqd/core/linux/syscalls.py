@@ -61,12 +61,18 @@ def timerfd_arm(fd: int, deadline_ns: int | None) -> None:
     _check(_libc.timerfd_settime(fd, TFD_TIMER_ABSTIME, ctypes.byref(spec), None))
 
 
-def same_open_file(fd1: int, fd2: int) -> bool:
-    """Whether two of this process's descriptors share one open file description (kcmp)."""
+def same_file_description(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+    """Whether descriptor *fd1* of *pid1* and *fd2* of *pid2* share one open file description
+    (kcmp; OSError ESRCH or EBADF when a process or descriptor is gone)."""
     if _SYS_KCMP is None:
         raise OSError(errno.ENOSYS, "kcmp is not known on this architecture")
+    return _check(_libc.syscall(_SYS_KCMP, pid1, pid2, _KCMP_FILE, fd1, fd2)) == 0
+
+
+def same_open_file(fd1: int, fd2: int) -> bool:
+    """Whether two of this process's descriptors share one open file description."""
     pid = os.getpid()
-    return _check(_libc.syscall(_SYS_KCMP, pid, pid, _KCMP_FILE, fd1, fd2)) == 0
+    return same_file_description(pid, fd1, pid, fd2)
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
