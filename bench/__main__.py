@@ -1,4 +1,5 @@
-"""``python -m bench scaling [--quick] [--out DIR]``."""
+"""``python -m bench NAME [--quick] [--out DIR]``: scaling (the core vs poll), remote (the
+daemon: latency and throughput next to the core)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import scaling
+from bench import remote, scaling
 
-BENCHMARKS = {"scaling": scaling.main}
+BENCHMARKS = {"scaling": scaling.main, "remote": remote.main}
 
 
 def main(argv: list[str] | None = None) -> int:

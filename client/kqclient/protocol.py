@@ -16,7 +16,7 @@ from kqclient.errors import DaemonUnavailable
 from kqd.core.control_args import check_control_args
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2
-from kqd.wire import from_wire, to_wire
+from kqd.wire import event_from_wire, to_wire
 
 # How long a broken stream keeps trying to reconnect, and the pause between tries.
 RECONNECT_SECONDS = 30.0
@@ -109,7 +109,7 @@ class Resume:
         for item in response.events:
             if item.sequence > self.queue.last_sequence:
                 self.queue.last_sequence = item.sequence
-                fresh.append(from_wire(item.event))
+                fresh.append(event_from_wire(item.event))
         return fresh
 
     def retry_after(self, exc: Exception) -> float:

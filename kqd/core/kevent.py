@@ -84,6 +84,29 @@ class kevent:  # noqa: N801 - the name select.kevent users know
         self.data = _checked_int("data", data)
         self.udata = _udata_of(udata)
 
+    @classmethod
+    def _trusted(
+        cls,
+        ident: int,
+        filter: int,
+        flags: int,
+        fflags: int,
+        data: int,
+        udata: bytes,
+    ) -> kevent:
+        """A kevent from fields known to be in range (events the core itself reports): the
+        hot path skips the checks a user's change goes through."""
+        ev = object.__new__(cls)
+        ev.ident, ev.filter, ev.flags, ev.fflags, ev.data, ev.udata = (
+            ident,
+            filter,
+            flags,
+            fflags,
+            data,
+            udata,
+        )
+        return ev
+
     def _key(self) -> tuple[int, int, int, int, int, bytes]:
         return (self.ident, self.filter, self.flags, self.fflags, self.data, self.udata)
 

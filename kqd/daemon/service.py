@@ -22,7 +22,7 @@ from google.protobuf.duration_pb2 import Duration
 from kqd.core import KQ_EV_DELETE, KQ_EV_ERROR, kevent
 from kqd.daemon.remote_queue import RemoteQueue, ResumeTooOldError
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
-from kqd.wire import ERRNO_KEY, from_wire, to_wire
+from kqd.wire import ERRNO_KEY, fill_wire, from_wire, to_wire
 
 log = logging.getLogger("kqd.daemon")
 
@@ -152,10 +152,14 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         batch = min(request.max_batch or DEFAULT_BATCH, MAX_EVENTS)
         after = request.after_sequence
         queue.streams += 1
+        # The first response goes out at once, events or not: the client knows the stream is
+        # established and where the queue stands (like etcd's "created" watch response).
+        quiet_for = 0.0
         try:
             while queue.queue_id in self.queues and not self.stopping:
                 try:
-                    items = await queue.next_batch(after, batch, HEARTBEAT_SECONDS)
+                    items = await queue.next_batch(after, batch, quiet_for)
+                    quiet_for = HEARTBEAT_SECONDS
                 except ResumeTooOldError as exc:
                     await context.abort(
                         grpc.StatusCode.OUT_OF_RANGE,
@@ -165,12 +169,11 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                     )
                 if self.stopping:
                     break
-                response = kqd_pb2.WaitResponse(
-                    events=[
-                        kqd_pb2.SequencedKevent(sequence=s, event=to_wire(e)) for s, e in items
-                    ],
-                    last_sequence=queue.last_sequence,
-                )
+                response = kqd_pb2.WaitResponse(last_sequence=queue.last_sequence)
+                for sequence, ev in items:
+                    item = response.events.add()
+                    item.sequence = sequence
+                    fill_wire(item.event, ev)
                 try:
                     await asyncio.wait_for(context.write(response), STUCK_SECONDS)
                 except TimeoutError:

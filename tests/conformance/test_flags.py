@@ -202,3 +202,10 @@ def test_identity_is_ident_and_filter(kq) -> None:
     kq.control([kevent(1, KQ_FILTER_TIMER, KQ_EV_ADD | KQ_EV_ONESHOT, 0, 0, b"t")], 0)
     events = wait_events(kq, 2)
     assert sorted(ev.udata for ev in events) == [b"t", b"u"]
+
+
+def test_inactive_knotes_do_not_use_up_max_events(kq) -> None:
+    kq.control([user(1, KQ_EV_ADD, KQ_NOTE_TRIGGER), user(2, KQ_EV_ADD, KQ_NOTE_TRIGGER)], 0)
+    assert len(kq.control(None, 4, 0)) == 2  # both queued, level-triggered
+    kq.control([user(1, KQ_EV_CLEAR)], 0)  # 1 no longer holds, still first in the queue
+    assert [ev.ident for ev in kq.control(None, 1, 0)] == [2]

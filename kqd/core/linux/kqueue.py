@@ -425,10 +425,11 @@ class Kqueue:
     def _scan(self, max_events: int) -> list[kevent]:
         """``kqueue_scan()``: deliver up to *max_events* queued knotes, each at most once."""
         out: list[kevent] = []
-        for _ in range(len(self._queue)):
+        queue, make = self._queue, kevent._trusted  # the hot loop of every wait
+        for _ in range(len(queue)):  # knotes found inactive or closed do not count
             if len(out) >= max_events:
                 break
-            kn, _none = self._queue.popitem(last=False)
+            kn, _none = queue.popitem(last=False)
             kn.queued = False
             fop = kn.fop
             if kn.drop_unreported:
@@ -436,23 +437,24 @@ class Kqueue:
                 continue
             if fop.is_fd and not self.fds.alive(kn):
                 continue  # the descriptor was closed: its knotes are gone, stale state too
-            if kn.flags & KQ_EV_ONESHOT:
+            flags = kn.flags
+            if flags & KQ_EV_ONESHOT:
                 fflags, data = fop.report(kn)
-                out.append(kevent(kn.ident, kn.filter, kn.flags, fflags, data, kn.udata))
+                out.append(make(kn.ident, kn.filter, flags, fflags, data, kn.udata))
                 self.drop(kn)
                 continue
             if not fop.event(kn, None):
                 kn.active = False
                 continue
             fflags, data = fop.report(kn)
-            out.append(kevent(kn.ident, kn.filter, kn.flags, fflags, data, kn.udata))
-            if kn.flags & (KQ_EV_CLEAR | KQ_EV_DISPATCH):
-                if kn.flags & KQ_EV_DISPATCH:
+            out.append(make(kn.ident, kn.filter, flags, fflags, data, kn.udata))
+            if flags & (KQ_EV_CLEAR | KQ_EV_DISPATCH):
+                if flags & KQ_EV_DISPATCH:
                     kn.disabled = True
                 kn.active = False
             else:
                 kn.queued = True
-                self._queue[kn] = None
+                queue[kn] = None
         if not self._queue and self._wake_armed:
             # Nothing pending any more: make fileno() stop polling readable.
             with contextlib.suppress(BlockingIOError):

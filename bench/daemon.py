@@ -1,0 +1,40 @@
+"""A ``kqd serve`` subprocess for benchmarks, on a Unix socket in a temporary directory."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+
+@contextlib.contextmanager
+def running_daemon(*extra: str) -> Iterator[str]:
+    """Start the daemon, yield its target, stop it with SIGTERM."""
+    with tempfile.TemporaryDirectory(prefix="kqd-bench-") as directory:
+        target = f"unix://{Path(directory) / 'kqd.sock'}"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kqd",
+                "serve",
+                "--listen",
+                target,
+                "--log-level",
+                "warning",
+                *extra,
+            ]
+        )
+        try:
+            with grpc.insecure_channel(target) as channel:
+                grpc.channel_ready_future(channel).result(timeout=30)
+            yield target
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
