@@ -4,8 +4,8 @@ Latency is measured from the moment the benchmark makes something happen (a byte
 child ``head -c 1`` exit; a write to a file) to the moment the waiter holds the event, for: the
 kernel primitive in process (the floor), the kqd core in process, and a Wait stream from a real
 ``kqd serve`` over a Unix socket. Throughput counts events per second delivered from 1000
-always-ready knotes (level-triggered USER knotes) to one stream, to 100 streams at once, and to the in-process core.
-Everything runs in one go on the same machine, so the rows compare.
+always-ready knotes (level-triggered USER knotes) to one stream, to 100 streams at once, and to
+the in-process core. Everything runs in one go on the same machine, so the rows compare.
 """
 
 from __future__ import annotations

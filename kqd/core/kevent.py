@@ -88,7 +88,7 @@ class kevent:  # noqa: N801 - the name select.kevent users know
     def _trusted(
         cls,
         ident: int,
-        filter: int,
+        filter: int,  # noqa: A002 - the kevent field's name
         flags: int,
         fflags: int,
         data: int,
