@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test bench
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/kqd/v1/*.proto)
 	python3 -m venv $(VENV)
@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard proto/kqd/v1/*.proto)
 setup: $(STAMP)
 
 run: setup
-	@echo "demo: the seed's pwait, waiting for a process that is not our child"
-	sleep 1 & $(VENV)/bin/kqd pwait -v $$!
+	$(VENV)/bin/kqd serve
 
 test: setup
 	$(PY) -m pytest -q
@@ -25,3 +24,4 @@ test: setup
 bench: setup
 	$(PY) -m pip install --quiet --disable-pip-version-check matplotlib
 	$(PY) -m bench scaling
+	$(PY) -m bench remote

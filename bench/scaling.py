@@ -18,6 +18,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.stats import table
 from kqd.core import (
     KQ_EV_ADD,
     KQ_EV_CLEAR,
@@ -144,12 +145,13 @@ def main(*, quick: bool, out: Path) -> int:
     def cell(value: float | None) -> str:
         return "n/a (fd limit)" if value is None else f"{value:.2f}"
 
-    lines = [
-        "| N registered | kqd core, USER knotes (µs) | kqd core, READ on eventfds (µs) "
-        "| select.poll, same eventfds (µs) |",
-        "|---:|---:|---:|---:|",
+    header = [
+        "N registered",
+        "kqd core, USER knotes (µs)",
+        "kqd core, READ on eventfds (µs)",
+        "select.poll, same eventfds (µs)",
     ]
-    lines += [f"| {n:,} | {cell(u)} | {cell(f)} | {cell(p)} |" for n, u, f, p in rows]
+    lines = [table(header, [[f"{n:,}", cell(u), cell(f), cell(p)] for n, u, f, p in rows])]
     first, last = rows[0], rows[-1]
     ratio = last[1] / first[1]
     lines.append("")

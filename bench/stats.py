@@ -17,6 +17,7 @@ def summary_ms(samples_ns: list[int]) -> tuple[float, float]:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
+    align = ["---", *("---:" for _ in header[1:])]  # first column text, the others numbers
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
