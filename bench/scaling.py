@@ -159,9 +159,9 @@ def main(*, quick: bool, out: Path) -> int:
         f"kqd core cost at N={last[0]:,} / N={first[0]:,}: {ratio:.2f}x (target <= 1.5x); "
         f"memory per knote: USER {mem_user:.0f} B, TIMER {mem_timer:.0f} B (target < 1024 B)"
     )
-    table = "\n".join(lines)
-    print(table)
-    (out / "scaling.md").write_text(table + "\n")
+    report = "\n".join(lines)
+    print(report)
+    (out / "scaling.md").write_text(report + "\n")
     _plot(rows, out / "scaling.png")
     print(f"\nwrote {out / 'scaling.md'} and {out / 'scaling.png'}")
     return 0
