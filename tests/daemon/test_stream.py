@@ -170,3 +170,40 @@ def test_many_clients_no_cross_talk(daemon_target) -> None:
     for t in threads:
         t.join(WAIT_BOUND * 3)
     assert not errors, errors[:5]
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_stalled_reader_does_not_grow_daemon_memory(tmp_path) -> None:
+    from tests.conftest import start_daemon
+
+    daemon = start_daemon(tmp_path)
+    try:
+        with (
+            kqclient.connect(daemon.target) as client,
+            grpc.insecure_channel(daemon.target) as channel,
+        ):
+            kq = client.kqueue()
+            kq.control([kevent(i, KQ_FILTER_USER, KQ_EV_ADD | KQ_EV_CLEAR) for i in range(100)], 0)
+            stub = kqd_pb2_grpc.KQueueServiceStub(channel)
+            stuck = stub.Wait(kqd_pb2.WaitRequest(queue_id=kq.queue_id, max_batch=1))
+            next(stuck)  # open, then never read again
+            triggers = [
+                kevent(i, KQ_FILTER_USER, 0, KQ_NOTE_TRIGGER, 0, b"x" * 1000) for i in range(100)
+            ]
+            for _ in range(30):  # warm up allocator pools
+                kq.control(triggers, 0)
+            before = _rss_kib(daemon.process.pid)
+            for _ in range(500):  # 50,000 triggers, 50 MB of udata sent
+                kq.control(triggers, 0)
+            grown = _rss_kib(daemon.process.pid) - before
+            stuck.cancel()
+        assert grown < 20 * 1024, f"daemon RSS grew by {grown} KiB under a stalled reader"
+    finally:
+        assert daemon.stop() == 0
