@@ -1,5 +1,9 @@
-"""``python -m bench NAME [--quick] [--out DIR]``: scaling (the core vs poll), remote (the
-daemon: latency and throughput next to the core)."""
+"""``python -m bench NAME [--quick] [--out DIR]``.
+
+scaling: the in-process core against select.poll (the kqueue paper's figure). all: every
+comparison against the tools users would pick instead (see bench/report.py). remote: the daemon
+next to the core only (exit and file latency, throughput). setup: install the peers.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,35 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import remote, scaling
+from bench import peers, report, scaling
 
-BENCHMARKS = {"scaling": scaling.main, "remote": remote.main}
+SECTIONS = ["exit", "file", "port", "wakeup", "idle", "memory", "throughput"]
+REMOTE_SECTIONS = {"exit", "file", "throughput"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("name", choices=sorted(BENCHMARKS))
-    parser.add_argument("--quick", action="store_true", help="few sizes and rounds (smoke run)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", choices=["all", "remote", "scaling", "setup"])
+    parser.add_argument("--quick", action="store_true", help="few sizes and trials (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
+    parser.add_argument("--only", help=f"comma-separated sections of all: {', '.join(SECTIONS)}")
     args = parser.parse_args(argv)
+    if args.name == "setup":
+        return peers.setup()
     args.out.mkdir(parents=True, exist_ok=True)
-    return BENCHMARKS[args.name](quick=args.quick, out=args.out)
+    if args.name == "scaling":
+        return scaling.main(quick=args.quick, out=args.out)
+    only = set(args.only.split(",")) if args.only else None
+    if only and not only <= set(SECTIONS):
+        parser.error(f"--only takes sections from: {', '.join(SECTIONS)}")
+    report.run(
+        quick=args.quick, out=args.out, only=REMOTE_SECTIONS if args.name == "remote" else only
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,14 +8,21 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 
+@dataclass
+class Daemon:
+    target: str
+    pid: int
+
+
 @contextlib.contextmanager
-def running_daemon(*extra: str) -> Iterator[str]:
-    """Start the daemon, yield its target, stop it with SIGTERM."""
+def running_daemon(*extra: str) -> Iterator[Daemon]:
+    """Start the daemon, yield its target and pid, stop it with SIGTERM."""
     with tempfile.TemporaryDirectory(prefix="kqd-bench-") as directory:
         target = f"unix://{Path(directory) / 'kqd.sock'}"
         proc = subprocess.Popen(
@@ -34,7 +41,7 @@ def running_daemon(*extra: str) -> Iterator[str]:
         try:
             with grpc.insecure_channel(target) as channel:
                 grpc.channel_ready_future(channel).result(timeout=30)
-            yield target
+            yield Daemon(target, proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)

@@ -20,10 +20,10 @@ from typing import Any
 import grpc
 
 from kqclient.errors import DaemonUnavailable, translate
-from kqclient.protocol import QueueRequests, Resume
+from kqclient.protocol import QueueRequests, Resume, create_request
 from kqclient.target import KEEPALIVE_OPTIONS, resolve_target
 from kqd.core.kevent import kevent
-from kqd.v1 import kqd_pb2, kqd_pb2_grpc
+from kqd.v1 import kqd_pb2_grpc
 from kqd.wire import event_from_wire
 
 
@@ -50,9 +50,11 @@ class Client:
         except grpc.RpcError as error:
             raise translate(error, self.target) from None
 
-    async def kqueue(self, queue_id: str | None = None) -> RemoteKqueue:
+    async def kqueue(
+        self, queue_id: str | None = None, *, lease: float | None = None
+    ) -> RemoteKqueue:
         if queue_id is None:
-            response = await self.call("CreateQueue", kqd_pb2.CreateQueueRequest())
+            response = await self.call("CreateQueue", create_request(lease))
             queue_id = response.queue_id
         return RemoteKqueue(self, queue_id)
 

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import kqclient
 from kqclient.target import TARGET_ENV, resolve_target
@@ -36,7 +36,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 69, 124, 130
 # wait-port: a refused connect is retried after this pause (no kernel event says "someone
 # started listening"); each try is one connect from the daemon and one round trip.
-RETRY_INTERVAL = 0.01
+RETRY_INTERVAL = 0.002
+QUEUE_LEASE = 10.0
 
 VNODE_NOTES = {
     name.removeprefix("KQ_NOTE_").lower(): bit for bit, name in NOTE_NAMES[KQ_FILTER_VNODE].items()
@@ -146,13 +147,11 @@ def cmd_watch(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) 
 def _wait_one_port(kq: kqclient.RemoteKqueue, address: str, deadline: float | None) -> bool:
     while True:
         fd = kq.open_connection(address)
-        try:
-            change = kqclient.kevent(fd, KQ_FILTER_WRITE, KQ_EV_ADD | KQ_EV_ONESHOT)
-            events = kq.control([change], 1, remaining(deadline))
-        finally:
-            kq.close_fd(fd)
+        change = kqclient.kevent(fd, KQ_FILTER_WRITE, KQ_EV_ADD | KQ_EV_ONESHOT)
+        events = kq.control([change], 1, remaining(deadline))
         if events and not events[0].flags & KQ_EV_EOF:
-            return True
+            return True  # connected: the queue's lease closes it
+        kq.close_fd(fd)
         wait = remaining(deadline)
         if wait is not None and wait <= 0:
             return False
@@ -264,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_health(args, out)
     run: Callable[[argparse.Namespace, kqclient.RemoteKqueue, Output], int] = args.run
     try:
-        with kqclient.connect(args.target) as client, client.kqueue() as kq:
-            return run(args, kq, out)
+        with kqclient.connect(args.target) as client:
+            # A short lease instead of CloseQueue: the daemon reclaims the queue by itself, and
+            # kqctl returns as soon as it knows (scripts wait on its exit).
+            return run(args, client.kqueue(lease=QUEUE_LEASE), out)
     except kqclient.DaemonUnavailable as exc:
         warn(str(exc))
         return EXIT_UNAVAILABLE
@@ -276,5 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE if getattr(exc, "errno", None) != errno.ETIMEDOUT else EXIT_TIMEOUT
 
 
+def console_main() -> NoReturn:
+    """The ``kqctl`` command. Once the answer is out, exit at once: tearing down the
+    interpreter and gRPC's threads would add tens of milliseconds to every pwait."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -25,6 +25,11 @@ RECONNECT_PAUSE = 0.05
 CALL_MARGIN_SECONDS = 30.0
 
 
+def create_request(lease: float | None) -> kqd_pb2.CreateQueueRequest:
+    """CreateQueue, asking for a *lease* in seconds (None: the daemon's)."""
+    return kqd_pb2.CreateQueueRequest(lease=None if lease is None else _duration(lease))
+
+
 def _duration(seconds: float) -> Duration:
     duration = Duration()
     duration.FromNanoseconds(int(seconds * 1e9))

@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 
 from kqclient.errors import DaemonUnavailable, translate
-from kqclient.protocol import QueueRequests, Resume
+from kqclient.protocol import QueueRequests, Resume, create_request
 from kqclient.target import KEEPALIVE_OPTIONS, resolve_target
 from kqd.core.kevent import kevent
-from kqd.v1 import kqd_pb2, kqd_pb2_grpc
+from kqd.v1 import kqd_pb2_grpc
 from kqd.wire import event_from_wire
 
 
@@ -41,10 +41,11 @@ class Client:
         except grpc.RpcError as error:
             raise translate(error, self.target) from None
 
-    def kqueue(self, queue_id: str | None = None) -> RemoteKqueue:
-        """A new remote queue, or (with *queue_id*) an existing one, e.g. after a restart."""
+    def kqueue(self, queue_id: str | None = None, *, lease: float | None = None) -> RemoteKqueue:
+        """A new remote queue, or (with *queue_id*) an existing one, e.g. after a restart.
+        *lease*: seconds the new queue may outlive its connections (at most the daemon's)."""
         if queue_id is None:
-            queue_id = self.call("CreateQueue", kqd_pb2.CreateQueueRequest()).queue_id
+            queue_id = self.call("CreateQueue", create_request(lease)).queue_id
         return RemoteKqueue(self, queue_id)
 
 

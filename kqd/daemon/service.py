@@ -94,12 +94,15 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         return out
 
     async def CreateQueue(self, request, context):  # noqa: N802 - gRPC method names
-        queue = RemoteQueue(self.lease)
+        lease = self.lease
+        if request.HasField("lease"):
+            lease = min(lease, max(0.0, request.lease.ToTimedelta().total_seconds()))
+        queue = RemoteQueue(lease)
         self.queues[queue.queue_id] = queue
-        log.info("queue %s… created", queue.queue_id[:8])
-        return kqd_pb2.CreateQueueResponse(
-            queue_id=queue.queue_id, lease=Duration(seconds=int(self.lease))
-        )
+        log.info("queue %s… created (lease %ss)", queue.queue_id[:8], lease)
+        granted = Duration()
+        granted.FromNanoseconds(int(lease * 1e9))
+        return kqd_pb2.CreateQueueResponse(queue_id=queue.queue_id, lease=granted)
 
     async def CloseQueue(self, request, context):  # noqa: N802
         queue = await self._queue(request.queue_id, context)
