@@ -8,6 +8,7 @@ log is refused (OUT_OF_RANGE with the oldest available), never silently skipped.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import socket
@@ -91,8 +92,10 @@ class RemoteQueue:
         for fd, (pid, their_fd) in list(self.peer_fds.items()):
             try:
                 still_shared = syscalls.same_file_description(pid, their_fd, me, fd)
-            except OSError:
-                still_shared = False
+            except OSError as exc:
+                # EBADF/ESRCH: their descriptor or the process is gone. EPERM/ENOSYS: kcmp is
+                # forbidden here (a container without CAP_SYS_PTRACE): keep the duplicate.
+                still_shared = exc.errno not in (errno.EBADF, errno.ESRCH)
             if not still_shared:
                 self.close_descriptor(fd)
                 gone.append(fd)

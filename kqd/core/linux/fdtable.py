@@ -98,8 +98,10 @@ class FdWatch:
         try:
             return syscalls.same_open_file(self.fd, self.ref)
         except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                return False
+            if exc.errno == errno.EBADF:
+                return False  # the number is closed
+        # kcmp is missing or forbidden (container seccomp profiles block it without
+        # CAP_SYS_PTRACE): the inode is the next best identity.
         return self._same_inode()
 
     def _same_inode(self) -> bool:

@@ -11,6 +11,7 @@ We never reap: the parent's wait() still gets its status.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import select
 
@@ -37,7 +38,39 @@ _NEEDS_CONNECTOR = KQ_NOTE_FORK | KQ_NOTE_EXEC | KQ_NOTE_TRACK
 _STAT_EXIT_CODE_FIELD = 52
 
 
+_CAP_SYS_PTRACE = 19
+
+
+@functools.cache
+def _has_cap_sys_ptrace() -> bool:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_SYS_PTRACE & 1)
+    return False
+
+
+def _may_read_exit_code(pid: int) -> bool:
+    """/proc/<pid>/stat shows a 0 exit code to readers without ptrace rights: who has them?
+    (CAP_SYS_PTRACE, or our uid and gid in all of the process's real/effective/saved ids.)"""
+    if _has_cap_sys_ptrace():
+        return True
+    ids: dict[str, list[int]] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("Uid", "Gid"):
+                    ids[key] = [int(x) for x in value.split()[:3]]
+    except OSError:
+        return False
+    uid, gid = os.geteuid(), os.getegid()
+    return ids.get("Uid", [-1]) == [uid] * 3 and ids.get("Gid", [-1]) == [gid] * 3
+
+
 def _zombie_exit_code(pid: int) -> int | None:
+    if not _may_read_exit_code(pid):
+        return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
