@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
+import kqclient
 
 
 @dataclass
@@ -39,8 +39,7 @@ def running_daemon(*extra: str) -> Iterator[Daemon]:
             ]
         )
         try:
-            with grpc.insecure_channel(target) as channel:
-                grpc.channel_ready_future(channel).result(timeout=30)
+            kqclient.wait_for_daemon(target, timeout=30)
             yield Daemon(target, proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kqclient
 import pytest
 
 import kqd.core
@@ -67,8 +68,6 @@ class Daemon:
 
 def start_daemon(directory: Path, *extra: str, log_level: str | None = None) -> Daemon:
     """Start ``kqd serve``; with *log_level*, its log is captured for ``wait_for_log``."""
-    import grpc
-
     sock = directory / "kqd.sock"
     target = f"unix://{sock}"
     proc = subprocess.Popen(
@@ -86,14 +85,11 @@ def start_daemon(directory: Path, *extra: str, log_level: str | None = None) -> 
         stderr=subprocess.PIPE if log_level else None,
         text=True,
     )
-    channel = grpc.insecure_channel(target)
     try:
-        grpc.channel_ready_future(channel).result(timeout=WAIT_BOUND)
-    except grpc.FutureTimeoutError:
+        kqclient.wait_for_daemon(target, timeout=WAIT_BOUND)
+    except kqclient.DaemonUnavailable as exc:
         proc.kill()
-        pytest.fail(f"kqd serve did not come up on {target} within {WAIT_BOUND}s")
-    finally:
-        channel.close()
+        pytest.fail(str(exc))
     return Daemon(target, sock, proc)
 
 

@@ -13,7 +13,7 @@ Re-exports ``kevent`` and every ``KQ_*`` constant; imports no Linux-only module.
 """
 
 from kqclient.errors import DaemonUnavailable, KqdError, QueueNotFound, ResumeGap
-from kqclient.remote import Client, RemoteKqueue, connect
+from kqclient.remote import Client, RemoteKqueue, connect, wait_for_daemon
 from kqclient.target import default_target, resolve_target
 from kqd.core import constants as _constants
 from kqd.core.constants import *  # noqa: F403
@@ -30,5 +30,6 @@ __all__ = [
     "default_target",
     "kevent",
     "resolve_target",
+    "wait_for_daemon",
     *sorted(n for n in vars(_constants) if n.startswith("KQ_")),
 ]

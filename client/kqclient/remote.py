@@ -54,6 +54,19 @@ def connect(target: str | None = None) -> Client:
     return Client(target)
 
 
+def wait_for_daemon(target: str | None = None, timeout: float = 10.0) -> None:
+    """Return once kqd at *target* accepts connections; DaemonUnavailable after *timeout*."""
+    target = resolve_target(target)
+    with grpc.insecure_channel(target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise DaemonUnavailable(
+                f"kqd at {target} did not accept connections within {timeout}s; is "
+                "`kqd serve` running there?"
+            ) from None
+
+
 class RemoteKqueue(QueueRequests):
     """A kqueue hosted by the daemon: ``control()`` exactly as the core's, plus ``stream()``.
 

@@ -187,7 +187,7 @@ def pod(image: str, tmp_path: Path) -> Iterator[Pod]:
 
 
 def test_sidecar_pod(pod: Pod) -> None:
-    _wait_until("kqd to answer health checks", lambda: pod.kqctl("health").returncode == 0)
+    kqclient.wait_for_daemon(pod.target, timeout=BOUND)
     assert pod.kqctl("health").stdout == "SERVING\n"
     worker = int(
         _wait_until(
