@@ -14,10 +14,11 @@ Re-exports ``kevent`` and every ``KQ_*`` constant; imports no Linux-only module.
 
 from kqclient.errors import DaemonUnavailable, KqdError, QueueNotFound, ResumeGap
 from kqclient.remote import Client, RemoteKqueue, connect, wait_for_daemon
-from kqclient.target import default_target, resolve_target
+from kqclient.target import resolve_target
 from kqd.core import constants as _constants
 from kqd.core.constants import *  # noqa: F403
 from kqd.core.kevent import kevent
+from kqd.default_socket import default_socket
 
 __all__ = [
     "Client",
@@ -27,7 +28,7 @@ __all__ = [
     "RemoteKqueue",
     "ResumeGap",
     "connect",
-    "default_target",
+    "default_socket",
     "kevent",
     "resolve_target",
     "wait_for_daemon",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from kqd.default_socket import default_socket
+
 TARGET_ENV = "KQD_TARGET"
 KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -12,17 +14,9 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
-def default_target() -> str:
-    """The socket ``kqd serve`` listens on by default for this user."""
-    if os.geteuid() == 0:
-        return "unix:///run/kqd/kqd.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/kqd-{os.getuid()}"
-    return f"unix://{runtime}/kqd/kqd.sock"
-
-
 def resolve_target(target: str | None) -> str:
     """A gRPC target: ``unix:///path``, ``unix:/path``, a bare ``/path`` or ``host:port``."""
-    target = target or os.environ.get(TARGET_ENV) or default_target()
+    target = target or os.environ.get(TARGET_ENV) or default_socket()
     if target.startswith("/"):
         return f"unix://{target}"
     return target

@@ -18,7 +18,6 @@ from kqd.v1 import kqd_pb2, kqd_pb2_grpc
 
 log = logging.getLogger("kqd.daemon")
 
-DEFAULT_LISTEN = "unix:///run/kqd/kqd.sock"
 SERVICE_NAME = kqd_pb2.DESCRIPTOR.services_by_name["KQueueService"].full_name
 _OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -26,14 +25,6 @@ _OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
-
-
-def default_listen() -> str:
-    """The system socket for root; for other users, one under their runtime directory."""
-    if os.geteuid() == 0:
-        return DEFAULT_LISTEN
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/kqd-{os.getuid()}"
-    return f"unix://{runtime}/kqd/kqd.sock"
 
 
 def _socket_path(address: str) -> Path | None:
