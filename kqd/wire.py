@@ -5,6 +5,8 @@ Shared by the daemon and the client, so both sides translate the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2
 
@@ -42,8 +44,7 @@ def from_wire(message: kqd_pb2.Kevent, extra_flags: int = 0) -> kevent:
     )
 
 
-def event_from_wire(message: kqd_pb2.Kevent) -> kevent:
-    """An event or receipt the daemon reported: its core made it, so its fields are in range."""
-    return kevent._trusted(
-        message.ident, message.filter, message.flags, message.fflags, message.data, message.udata
-    )
+def events_from_wire(messages: Iterable[kqd_pb2.Kevent]) -> list[kevent]:
+    """Many events at once: the hot loop of a stream's reader."""
+    make = kevent._trusted
+    return [make(m.ident, m.filter, m.flags, m.fflags, m.data, m.udata) for m in messages]

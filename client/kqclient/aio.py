@@ -24,7 +24,7 @@ from kqclient.protocol import QueueRequests, Resume, create_request
 from kqclient.target import KEEPALIVE_OPTIONS, resolve_target
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2_grpc
-from kqd.wire import event_from_wire
+from kqd.wire import events_from_wire
 
 
 class Client:
@@ -88,11 +88,11 @@ class RemoteKqueue(QueueRequests):
     ) -> list[kevent]:
         request, deadline = self._kevent_call(changelist, max_events, timeout)
         response = await self.client.call("Kevent", request, deadline)
-        return [event_from_wire(ev) for ev in response.events]
+        return events_from_wire(response.events)
 
     async def register(self, changes: Iterable[kevent]) -> list[kevent]:
         response = await self.client.call("Register", self._register_call(changes))
-        return [event_from_wire(r) for r in response.receipts]
+        return events_from_wire(response.receipts)
 
     async def stream(
         self, *, after: int | None = None, max_batch: int = 0

@@ -16,7 +16,7 @@ from kqclient.errors import DaemonUnavailable
 from kqd.core.control_args import check_control_args
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2
-from kqd.wire import event_from_wire, to_wire
+from kqd.wire import events_from_wire, to_wire
 
 # How long a broken stream keeps trying to reconnect, and the pause between tries.
 RECONNECT_SECONDS = 30.0
@@ -110,12 +110,14 @@ class Resume:
     def accept(self, response: kqd_pb2.WaitResponse) -> list[kevent]:
         """The events of *response* not delivered yet (a resumed stream may repeat some)."""
         self._give_up = None
-        fresh = []
-        for item in response.events:
-            if item.sequence > self.queue.last_sequence:
-                self.queue.last_sequence = item.sequence
-                fresh.append(event_from_wire(item.event))
-        return fresh
+        items = response.events
+        last = self.queue.last_sequence
+        if items and items[0].sequence <= last:  # sequences ascend: only a resume repeats
+            items = [item for item in items if item.sequence > last]
+        if not items:
+            return []
+        self.queue.last_sequence = items[-1].sequence
+        return events_from_wire(item.event for item in items)
 
     def retry_after(self, exc: Exception) -> float:
         """Seconds to pause before reconnecting; re-raises *exc* when it is not worth it."""

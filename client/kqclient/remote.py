@@ -14,7 +14,7 @@ from kqclient.protocol import QueueRequests, Resume, create_request
 from kqclient.target import KEEPALIVE_OPTIONS, resolve_target
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2_grpc
-from kqd.wire import event_from_wire
+from kqd.wire import events_from_wire
 
 
 class Client:
@@ -98,12 +98,12 @@ class RemoteKqueue(QueueRequests):
     ) -> list[kevent]:
         """kevent(2) in one round trip, with the core's argument rules and errors."""
         request, deadline = self._kevent_call(changelist, max_events, timeout)
-        return [event_from_wire(ev) for ev in self.client.call("Kevent", request, deadline).events]
+        return events_from_wire(self.client.call("Kevent", request, deadline).events)
 
     def register(self, changes: Iterable[kevent]) -> list[kevent]:
         """Apply *changes*; one receipt per change (flags KQ_EV_ERROR, data 0 or the errno)."""
         response = self.client.call("Register", self._register_call(changes))
-        return [event_from_wire(r) for r in response.receipts]
+        return events_from_wire(response.receipts)
 
     def stream(self, *, after: int | None = None, max_batch: int = 0) -> Iterator[kevent]:
         """Server-streamed events in order, forever. A broken stream is resumed after the last

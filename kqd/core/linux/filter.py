@@ -48,6 +48,3 @@ class Filter:
         if kn.flags & KQ_EV_CLEAR:
             kn.fflags = kn.data = 0
         return fflags, data
-
-    def close(self) -> None:
-        """The kqueue is closing and every knote is already detached: release shared resources."""

@@ -155,8 +155,6 @@ class Kqueue:
             self._closed = True
             for kn in list(self._knotes.values()):
                 self.drop(kn)
-            for flt in self._filters.values():
-                flt.close()
             self._queue.clear()
             _open_kqueues.pop(self._epoll.fileno(), None)
             # Wake any thread blocked in epoll_wait before the descriptors go.
