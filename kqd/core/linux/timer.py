@@ -12,6 +12,7 @@ import errno
 import time
 
 from kqd.core.constants import (
+    KQ_EV_ADD,
     KQ_EV_CLEAR,
     KQ_EV_ONESHOT,
     KQ_NOTE_ABSTIME,
@@ -71,6 +72,10 @@ class TimerFilter(Filter):
         kn.hook.handle.cancel()
 
     def touch(self, kn: Knote, change: kevent) -> None:
+        """Only a re-add restarts the timer (filt_timertouch); EV_ENABLE/EV_DISABLE alone
+        leave it running and its expirations counted."""
+        if not change.flags & KQ_EV_ADD:
+            return
         interval = _interval_ns(kn.flags, change.fflags, change.data)
         kn.hook.handle.cancel()
         self.kq.dequeue(kn)
