@@ -1,9 +1,8 @@
 """A remote queue: one core kqueue, its own descriptor table, and a replayable delivery log.
 
-Events leave the core in kqueue order; each gets the next per-queue sequence number and stays in
-a bounded log, so a Wait stream that broke can resume after the last number it received and get
-exactly what followed, including what was sent but never arrived. A resume point older than the
-log is refused (OUT_OF_RANGE with the oldest available), never silently skipped.
+Events a Wait stream takes from the core are numbered and kept (DeliveryLog), so a stream that
+broke resumes after the last number it received and gets exactly what followed, including what
+was sent but never arrived. Descriptor idents are confined to the queue's own table.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import os
 import secrets
 import socket
 import time
-from collections import deque
 
 from kqd.core import (
     KQ_EV_DELETE,
@@ -25,20 +23,16 @@ from kqd.core import (
     kqueue,
 )
 from kqd.core.linux import syscalls
+from kqd.daemon.delivery_log import DeliveryLog
 from kqd.daemon.readiness import Readiness
 
-LOG_CAPACITY = 4096
 FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
 _NOT_A_DESCRIPTOR = 2**62
 
 
-class ResumeTooOldError(Exception):
-    def __init__(self, oldest: int) -> None:
-        super().__init__(oldest)
-        self.oldest = oldest
-
-
 class RemoteQueue:
+    """What a client's queue is on the daemon's side (see the module docstring)."""
+
     def __init__(self, lease: float) -> None:
         self.queue_id = secrets.token_urlsafe(24)  # 192 random bits
         self.kq = kqueue()
@@ -46,8 +40,7 @@ class RemoteQueue:
         self.descriptors: set[int] = set()
         # Duplicates of other processes' descriptors: our fd -> (pid, their fd).
         self.peer_fds: dict[int, tuple[int, int]] = {}
-        self.log: deque[tuple[int, kevent]] = deque(maxlen=LOG_CAPACITY)
-        self.last_sequence = 0
+        self.log = DeliveryLog()
         self.streams = 0
         self.stopping = False
         self.last_seen = time.monotonic()
@@ -180,21 +173,13 @@ class RemoteQueue:
         self, after: int, max_batch: int, heartbeat: float
     ) -> list[tuple[int, kevent]]:
         """Events after sequence *after*: from the log, or newly collected; [] at a heartbeat."""
-        if after < self.last_sequence:
-            oldest = self.log[0][0] if self.log else self.last_sequence + 1
-            if after + 1 < oldest:
-                raise ResumeTooOldError(oldest)
-            return [item for item in self.log if item[0] > after][:max_batch]
+        if after < self.log.last_sequence:
+            return self.log.after(after, max_batch)
         deadline = time.monotonic() + heartbeat
         while not self.stopping:
             fresh = self.kq.control(None, max_batch, 0)
             if fresh:
-                batch = []
-                for ev in fresh:
-                    self.last_sequence += 1
-                    self.log.append((self.last_sequence, ev))
-                    batch.append((self.last_sequence, ev))
-                return batch
+                return self.log.record(fresh)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -20,7 +20,8 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from kqd.core import KQ_EV_DELETE, KQ_EV_ERROR, kevent
-from kqd.daemon.remote_queue import RemoteQueue, ResumeTooOldError
+from kqd.daemon.delivery_log import ResumeTooOldError
+from kqd.daemon.remote_queue import RemoteQueue
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
 from kqd.wire import ERRNO_KEY, fill_wire, from_wire, to_wire
 
@@ -172,7 +173,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                     )
                 if self.stopping:
                     break
-                response = kqd_pb2.WaitResponse(last_sequence=queue.last_sequence)
+                response = kqd_pb2.WaitResponse(last_sequence=queue.log.last_sequence)
                 for sequence, ev in items:
                     item = response.events.add()
                     item.sequence = sequence
