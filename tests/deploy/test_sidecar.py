@@ -83,7 +83,7 @@ def _wait_until(what: str, ready, bound: float = BOUND):
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
+def image() -> Iterator[str]:
     _container_engine_or_skip()
     env = {**os.environ, "CONTAINERS_CONF": str(DEPLOY / "containers.conf")}
     if podman("image", "exists", BASE, check=False).returncode != 0:
@@ -110,7 +110,8 @@ def image() -> str:
         IMAGE,
         str(ROOT),
     )
-    return IMAGE
+    yield IMAGE
+    podman("image", "prune", "-f", check=False)  # earlier builds' layers, now untagged
 
 
 def _write_fifo(path: Path) -> None:
