@@ -97,12 +97,21 @@ class RemoteKqueue(QueueRequests):
     async def stream(
         self, *, after: int | None = None, max_batch: int = 0
     ) -> AsyncIterator[kevent]:
+        async for batch in self.stream_batches(after=after, max_batch=max_batch):
+            for ev in batch:
+                yield ev
+
+    async def stream_batches(
+        self, *, after: int | None = None, max_batch: int = 0
+    ) -> AsyncIterator[list[kevent]]:
+        """``stream()`` a message at a time: cheaper per event at high rates."""
         resume = Resume(self, after, max_batch)
         while True:
             try:
                 async for response in self.client.stub.Wait(resume.request()):
-                    for ev in resume.accept(response):
-                        yield ev
+                    batch = resume.accept(response)
+                    if batch:
+                        yield batch
             except grpc.RpcError as error:
                 await asyncio.sleep(resume.retry_after(translate(error, self.client.target)))
 

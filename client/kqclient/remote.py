@@ -108,11 +108,20 @@ class RemoteKqueue(QueueRequests):
     def stream(self, *, after: int | None = None, max_batch: int = 0) -> Iterator[kevent]:
         """Server-streamed events in order, forever. A broken stream is resumed after the last
         sequence received (``last_sequence``): nothing is lost, nothing repeats."""
+        for batch in self.stream_batches(after=after, max_batch=max_batch):
+            yield from batch
+
+    def stream_batches(
+        self, *, after: int | None = None, max_batch: int = 0
+    ) -> Iterator[list[kevent]]:
+        """``stream()`` a message at a time: cheaper per event at high rates."""
         resume = Resume(self, after, max_batch)
         while True:
             try:
                 for response in self.client.stub.Wait(resume.request()):
-                    yield from resume.accept(response)
+                    batch = resume.accept(response)
+                    if batch:
+                        yield batch
             except grpc.RpcError as error:
                 time.sleep(resume.retry_after(translate(error, self.client.target)))
 
