@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 import grpc
@@ -25,6 +26,16 @@ _OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+def _answers(path: Path) -> bool:
+    """Does something accept connections on the Unix socket *path*?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _socket_path(address: str) -> Path | None:
@@ -48,12 +59,34 @@ async def serve(listen: list[str], lease: float, grace: float) -> int:
     for address in listen:
         path = _socket_path(address)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            if _answers(path):
+                log.error(
+                    "%s is in use: a kqd (or another program) already listens there; stop it "
+                    "or choose another --listen",
+                    address,
+                )
+                return 1
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # left behind by a daemon that died: nobody answers on it
+            except OSError as exc:
+                log.error(
+                    "cannot prepare %s: %s; run as a user who may write there, or choose "
+                    "another --listen",
+                    path,
+                    exc.strerror,
+                )
+                return 2
             sockets.append(path)
-        if server.add_insecure_port(address) == 0 and path is None:
-            log.error("cannot listen on %s", address)
+        try:
+            server.add_insecure_port(address)
+        except RuntimeError:
+            log.error(
+                "cannot listen on %s: give unix:///path, or host:port with a local address "
+                "and a free port",
+                address,
+            )
             return 2
     await server.start()
     for path in sockets:

@@ -86,5 +86,19 @@ def test_bad_listen_address_fails_with_a_message(tmp_path) -> None:
         text=True,
         timeout=WAIT_BOUND,
     )
-    assert result.returncode != 0
-    assert "256.1.1.1:99999" in result.stderr
+    assert result.returncode == 2
+    assert "cannot listen on 256.1.1.1:99999" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_second_daemon_on_a_busy_socket_refuses(daemon_target) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kqd", "serve", "--listen", daemon_target],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_BOUND,
+    )
+    assert result.returncode == 1
+    assert "already listens there" in result.stderr
+    with kqclient.connect(daemon_target) as client:  # the first daemon still serves
+        assert client.kqueue().control(None, 1, 0) == []
