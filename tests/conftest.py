@@ -16,6 +16,7 @@ import kqclient
 import pytest
 
 import kqd.core
+from kqd.daemon.server import serve_command
 
 WAIT_BOUND = 10.0  # seconds: a test fails with a message past this, it never sleeps instead
 
@@ -71,17 +72,7 @@ def start_daemon(directory: Path, *extra: str, log_level: str | None = None) -> 
     sock = directory / "kqd.sock"
     target = f"unix://{sock}"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kqd",
-            "serve",
-            "--listen",
-            target,
-            "--log-level",
-            log_level or "warning",
-            *extra,
-        ],
+        serve_command(target, *extra, log_level=log_level or "warning"),
         stderr=subprocess.PIPE if log_level else None,
         text=True,
     )

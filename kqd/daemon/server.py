@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import grpc
@@ -26,6 +27,21 @@ _OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+def serve_command(target: str, *extra: str, log_level: str = "warning") -> list[str]:
+    """The command line that runs ``kqd serve`` on *target* with this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "kqd",
+        "serve",
+        "--listen",
+        target,
+        "--log-level",
+        log_level,
+        *extra,
+    ]
 
 
 def _answers(path: Path) -> bool:

@@ -136,35 +136,13 @@ class Pod:
         self.shared.mkdir()
         os.chown(self.run_dir, KQD_UID, KQD_UID)
         podman("pod", "create", "--name", self.name, "--share", "ipc,net,uts,pid")
-        podman(
-            "run",
-            "-d",
-            "--pod",
-            self.name,
-            "--name",
-            f"{self.name}-app",
-            "-v",
-            f"{self.shared}:/shared",
-            BASE,
-            "sh",
-            "-c",
-            APP,
-        )
-        podman(
-            "run",
-            "-d",
-            "--pod",
-            self.name,
-            "--name",
-            f"{self.name}-kqd",
-            "-v",
-            f"{self.run_dir}:/run/kqd",
-            "-v",
-            f"{self.shared}:/shared",
-            image,
-        )
+        self._start("app", "-v", f"{self.shared}:/shared", BASE, "sh", "-c", APP)
+        self._start("kqd", "-v", f"{self.run_dir}:/run/kqd", "-v", f"{self.shared}:/shared", image)
         self.socket = self.run_dir / "kqd.sock"
         self.target = f"unix://{self.socket}"
+
+    def _start(self, role: str, *args: str) -> None:
+        podman("run", "-d", "--pod", self.name, "--name", f"{self.name}-{role}", *args)
 
     def kqctl(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
