@@ -155,3 +155,19 @@ def test_eof_flag_is_output_only(kq) -> None:
     kq.control([kevent(4, KQ_FILTER_USER, 0, KQ_NOTE_TRIGGER)], 0)
     assert wait_events(kq)[0].flags == 0
     kq.control([kevent(4, KQ_FILTER_USER, KQ_EV_DELETE)], 0)
+
+
+def test_forgotten_kqueue_releases_its_descriptors(backend) -> None:
+    if not backend.local:
+        pytest.skip("counts this process's descriptors")
+    import gc
+    import os
+
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        kq = backend.kqueue()
+        kq.control([kevent(1, KQ_FILTER_USER, KQ_EV_ADD)], 0)
+        del kq
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) - before <= 1

@@ -147,6 +147,11 @@ class Kqueue:
         state = "closed" if self._closed else f"fd={self._epoll.fileno()}"
         return f"<kqd.core.kqueue {state} knotes={len(self._knotes)}>"
 
+    def __del__(self) -> None:
+        # Like select.kqueue, a forgotten kqueue gives its descriptors back when collected.
+        with contextlib.suppress(Exception):
+            self.close()
+
     def close(self) -> None:
         """Drop every knote and release every descriptor; a second close does nothing."""
         with self._lock:
