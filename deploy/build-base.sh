@@ -4,7 +4,17 @@
 # does nothing when the image already exists (FORCE=1 rebuilds).
 set -euo pipefail
 image=${KQD_BASE_IMAGE:-localhost/kqd-base:bookworm}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror this machine's apt already uses (DEBIAN_MIRROR overrides it).
+apt_mirror() {
+    { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
+      grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}'; } \
+        | grep -v -- '-security' | head -n 1
+}
+mirror=${DEBIAN_MIRROR:-$(apt_mirror)}
+if [ -z "$mirror" ]; then
+    echo "no Debian mirror found in apt's sources; set DEBIAN_MIRROR" >&2
+    exit 2
+fi
 if [ -z "${FORCE:-}" ] && podman image exists "$image"; then
     echo "base image $image exists"
     exit 0
