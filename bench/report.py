@@ -209,41 +209,29 @@ def run(*, quick: bool, out: Path, only: set[str] | None = None) -> str:
                 latencies.append(run_latency(title, peers, run_))
                 sections.append(latencies[-1].markdown())
         wake = wakeup.measure(run_) if wanted("wakeup") else []
-        if wake:
-            sections.append(
-                "### Wake-up cost vs registrations (µs, median)\n\n"
-                + table(
-                    ["N registered", "kqd remote control()", "select.poll over N descriptors"],
-                    [
-                        [f"{n:,}", f"{k:.1f}", "n/a" if p is None else f"{p:.1f}"]
-                        for n, k, p in wake
-                    ],
-                )
-            )
         idle_rows = idle.measure(run_) if wanted("idle") else []
-        if idle_rows:
-            sections.append(
-                "### Idle CPU (% of one core)\n\n"
-                + table(["process", "CPU %"], [[n, f"{c:.3f}"] for n, c in idle_rows])
-            )
         mem = memory.measure(run_) if wanted("memory") else []
-        if mem:
-            sections.append(
-                "### Daemon memory per knote\n\n"
-                + table(
-                    ["filter", "knotes", "RSS bytes per knote"],
-                    [[n, f"{k:,}", f"{b:,.0f}"] for n, k, b in mem],
-                )
-            )
         rates = throughput.measure(run_) if wanted("throughput") else []
-        if rates:
-            sections.append(
-                "### Streaming throughput (events/s)\n\n"
-                + table(
-                    ["stream", "events/s", "vs in process"],
-                    [[n, f"{r:,.0f}", f"{r / rates[0][1]:.2f}x"] for n, r in rates],
-                )
-            )
+    for title, header, rows in [
+        (
+            "Wake-up cost vs registrations (µs, median)",
+            ["N registered", "kqd remote control()", "select.poll over N descriptors"],
+            [[f"{n:,}", f"{k:.1f}", "n/a" if p is None else f"{p:.1f}"] for n, k, p in wake],
+        ),
+        ("Idle CPU (% of one core)", ["process", "CPU %"], [[n, f"{c:.3f}"] for n, c in idle_rows]),
+        (
+            "Daemon memory per knote",
+            ["filter", "knotes", "RSS bytes per knote"],
+            [[n, f"{k:,}", f"{b:,.0f}"] for n, k, b in mem],
+        ),
+        (
+            "Streaming throughput (events/s)",
+            ["stream", "events/s", "vs in process"],
+            [[n, f"{r:,.0f}", f"{r / rates[0][1]:.2f}x"] for n, r in rates],
+        ),
+    ]:
+        if rows:
+            sections.append(f"### {title}\n\n" + table(header, rows))
     report = "\n\n".join(sections)
     if only is None:
         targets = Targets()
