@@ -6,9 +6,9 @@ set -euo pipefail
 image=${KQD_BASE_IMAGE:-localhost/kqd-base:bookworm}
 # The Debian mirror this machine's apt already uses (DEBIAN_MIRROR overrides it).
 apt_mirror() {
-    { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
-      grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}'; } \
-        | grep -v -- '-security' | head -n 1
+    { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' || true
+      grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}' || true; } \
+        | grep -v -- '-security' | head -n 1 || true
 }
 mirror=${DEBIAN_MIRROR:-$(apt_mirror)}
 if [ -z "$mirror" ]; then
