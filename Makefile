@@ -19,6 +19,7 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 	$(VENV)/bin/ruff check kqd client tests bench
+	$(VENV)/bin/mypy
 	cd proto && npx --yes @bufbuild/buf@1.75.0 lint
 
 bench: setup

@@ -152,7 +152,7 @@ class RemoteQueue:
             ev.ident = restore.get(ev.ident, ev.ident)
         return events
 
-    async def kevent(
+    async def control(
         self, changes: list[kevent], max_events: int, timeout: float | None
     ) -> list[kevent]:
         """kevent(2) in one round trip, without blocking the event loop."""

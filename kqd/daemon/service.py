@@ -44,12 +44,18 @@ _OS_ERROR_STATUS = {
 }
 
 
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """End the call with *code* and *message* (the status a client sees)."""
+    await context.abort(code, message)
+    raise AssertionError("unreachable: ServicerContext.abort raises")
+
+
 async def abort_os_error(context: grpc.aio.ServicerContext, exc: OSError, what: str) -> NoReturn:
     """Fail the call with the status matching *exc*, the errno in trailing metadata."""
     code = exc.errno or errno.EINVAL
     context.set_trailing_metadata(((ERRNO_KEY, str(code)),))
     status = _OS_ERROR_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT)
-    await context.abort(status, f"{what}: {exc.strerror or exc} [errno {code}]")
+    await abort(context, status, f"{what}: {exc.strerror or exc} [errno {code}]")
 
 
 class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
@@ -61,7 +67,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
     async def _queue(self, queue_id: str, context: grpc.aio.ServicerContext) -> RemoteQueue:
         queue = self.queues.get(queue_id)
         if queue is None:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.NOT_FOUND,
                 f"no queue {queue_id!r}: it was closed, its lease expired or the daemon "
                 "restarted; create a new one with CreateQueue",
@@ -76,14 +83,16 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         extra_flags: int = 0,
     ) -> list[kevent]:
         if len(changes) > MAX_CHANGES:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{len(changes)} changes in one call; the limit is {MAX_CHANGES}: split them",
             )
         out = []
         for change in changes:
             if len(change.udata) > MAX_UDATA:
-                await context.abort(
+                await abort(
+                    context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"udata of {len(change.udata)} bytes for ident {change.ident}; the limit is "
                     f"{MAX_UDATA} bytes",
@@ -91,7 +100,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
             try:
                 out.append(from_wire(change, extra_flags))
             except (OverflowError, TypeError) as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return out
 
     async def CreateQueue(self, request, context):  # noqa: N802 - gRPC method names
@@ -136,7 +145,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         queue = await self._queue(request.queue_id, context)
         changes = await self._changes(request.changes, context)
         if request.max_events > MAX_EVENTS:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"max_events {request.max_events} is over the limit {MAX_EVENTS}",
             )
@@ -144,9 +154,9 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         if request.HasField("timeout"):
             timeout = request.timeout.ToTimedelta().total_seconds()
             if timeout < 0:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "timeout must be >= 0")
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "timeout must be >= 0")
         try:
-            events = await queue.kevent(changes, request.max_events, timeout)
+            events = await queue.control(changes, request.max_events, timeout)
         except OSError as exc:
             await abort_os_error(context, exc, "kevent")
         return kqd_pb2.KeventResponse(events=[to_wire(ev) for ev in events])
@@ -165,7 +175,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                     items = await queue.next_batch(after, batch, quiet_for)
                     quiet_for = HEARTBEAT_SECONDS
                 except ResumeTooOldError as exc:
-                    await context.abort(
+                    await abort(
+                        context,
                         grpc.StatusCode.OUT_OF_RANGE,
                         f"cannot resume after sequence {after}: the oldest event kept is "
                         f"{exc.oldest}; what came between is gone, so re-read the state you "
@@ -181,7 +192,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 try:
                     await asyncio.wait_for(context.write(response), STUCK_SECONDS)
                 except TimeoutError:
-                    await context.abort(
+                    await abort(
+                        context,
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"the client read nothing for {STUCK_SECONDS:.0f}s; stream closed, "
                         f"resume after sequence {after}",
@@ -189,7 +201,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 if items:
                     after = items[-1][0]
             if not self.stopping:
-                await context.abort(grpc.StatusCode.NOT_FOUND, "the queue was closed")
+                await abort(context, grpc.StatusCode.NOT_FOUND, "the queue was closed")
         finally:
             queue.streams -= 1
             queue.touch()
@@ -201,7 +213,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         except OSError as exc:
             await abort_os_error(context, exc, what)
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def Open(self, request, context):  # noqa: N802
         fd = await self._open(request, context, request.path, lambda q: q.open_path(request.path))
@@ -226,8 +238,10 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         queue = await self._queue(request.queue_id, context)
         if request.fd not in queue.descriptors:
             context.set_trailing_metadata(((ERRNO_KEY, str(errno.EBADF)),))
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"descriptor {request.fd} is not open in this queue"
+            await abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"descriptor {request.fd} is not open in this queue",
             )
         queue.close_descriptor(request.fd)
         return kqd_pb2.CloseDescriptorResponse()

@@ -14,10 +14,11 @@ every subscriber: events were lost, never silently.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import inotify_simple
 
@@ -27,7 +28,16 @@ from kqd.core.linux.shared_fd import SharedDescriptor
 if TYPE_CHECKING:
     from kqd.core.linux.kqueue import Kqueue
 
-InotifyEvent = inotify_simple.Event
+
+class InotifyEvent(Protocol):
+    """What inotify_simple reads: one inotify event."""
+
+    wd: int
+    mask: int
+    cookie: int
+    name: str
+
+
 # What a subscriber receives: the events of one read for its inode; None means overflow.
 Callback = Callable[[list[InotifyEvent] | None], None]
 
@@ -51,6 +61,11 @@ class Subscription:
 
     def cancel(self) -> None:
         self.hub.unsubscribe(self)
+
+    def deliver(self, batch: list[InotifyEvent] | None) -> None:
+        """Run in the subscriber's kqueue: hand over *batch* unless cancelled meanwhile."""
+        if self.active:
+            self.callback(batch)
 
 
 class InotifyHub(ProcessWide):
@@ -131,8 +146,8 @@ class InotifyHub(ProcessWide):
                         deliveries.append((sub, mine))
                 if any(e.mask & self.IN_IGNORED for e in batch):
                     self._by_wd.pop(wd, None)
-        for sub, batch in deliveries:
-            sub.kq.post(lambda sub=sub, batch=batch: sub.active and sub.callback(batch))
+        for sub, share in deliveries:
+            sub.kq.post(functools.partial(sub.deliver, share))
 
     def _add_watch(self, fd: int, mask: int) -> int:
         return self._inotify.add_watch(f"/proc/self/fd/{fd}", mask | self.IN_MASK_ADD)

@@ -10,6 +10,7 @@ were lost. Where the connector cannot be opened, ``shared()`` raises ENOTSUP.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import struct
@@ -58,6 +59,11 @@ class Subscription:
 
     def cancel(self) -> None:
         self.connector.unsubscribe(self)
+
+    def deliver(self, what: str, child: int) -> None:
+        """Run in the subscriber's kqueue: report unless cancelled meanwhile."""
+        if self.active:
+            self.callback(what, child)
 
 
 class ProcConnector(ProcessWide):
@@ -132,7 +138,7 @@ class ProcConnector(ProcessWide):
                         (s, what, child) for s in self._by_pid.get(pid, []) if stamp >= s.since
                     ]
         for sub, what, child in deliveries:
-            sub.kq.post(lambda s=sub, w=what, c=child: s.active and s.callback(w, c))
+            sub.kq.post(functools.partial(sub.deliver, what, child))
 
     @staticmethod
     def _parse(data: bytes) -> list[tuple[str, int, int, int]]:

@@ -10,11 +10,11 @@ class ProcessWide:
     """``shared()`` makes the instance on first use; later calls return it."""
 
     _instances: ClassVar[dict[type, Any]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _instances_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def shared(cls) -> Self:
-        with ProcessWide._lock:
+        with ProcessWide._instances_lock:
             instance = ProcessWide._instances.get(cls)
             if instance is None:
                 instance = ProcessWide._instances[cls] = cls()
