@@ -11,42 +11,21 @@ import time
 
 import kqclient
 
+from bench import registrations
 from bench.daemon import running_daemon
 from bench.peers import Skip, need_command
 from bench.procstat import cpu_seconds
 from bench.session import Session
-from kqd.core import (
-    KQ_EV_ADD,
-    KQ_EV_CLEAR,
-    KQ_FILTER_PROC,
-    KQ_FILTER_TIMER,
-    KQ_FILTER_USER,
-    KQ_FILTER_VNODE,
-    KQ_NOTE_EXIT,
-    KQ_NOTE_SECONDS,
-    KQ_NOTE_WRITE,
-    kevent,
-)
 
-REGISTRATIONS = {"USER": 8000, "TIMER (1 h)": 1000, "VNODE": 500, "PROC": 500}
+# 10,000 registrations of every kind.
+USER, TIMER, VNODE, PROC = 8000, 1000, 500, 500
 
 
-def _register_mix(kq: kqclient.RemoteKqueue, session: Session, sleepers: list) -> None:
-    kq.control([kevent(i, KQ_FILTER_USER, KQ_EV_ADD | KQ_EV_CLEAR) for i in range(8000)], 0)
-    kq.control(
-        [kevent(i, KQ_FILTER_TIMER, KQ_EV_ADD, KQ_NOTE_SECONDS, 3600) for i in range(1000)], 0
-    )
-    files = session.scratch / "idle"
-    files.mkdir()
-    vnodes = []
-    for i in range(500):
-        path = files / f"f{i}"
-        path.write_bytes(b"")
-        vnodes.append(
-            kevent(kq.open(str(path)), KQ_FILTER_VNODE, KQ_EV_ADD | KQ_EV_CLEAR, KQ_NOTE_WRITE)
-        )
-    kq.control(vnodes, 0)
-    kq.control([kevent(p.pid, KQ_FILTER_PROC, KQ_EV_ADD, KQ_NOTE_EXIT) for p in sleepers], 0)
+def _register_mix(kq: kqclient.RemoteKqueue, session: Session, watched: list) -> None:
+    registrations.batched(kq, registrations.user(USER))
+    registrations.batched(kq, registrations.timer(TIMER))
+    registrations.batched(kq, registrations.vnode(kq, session.scratch / "idle", VNODE))
+    registrations.batched(kq, registrations.proc(watched))
 
 
 def _pollers(session: Session, watched_pid: int) -> list[tuple[str, subprocess.Popen]]:
@@ -85,7 +64,7 @@ def _pollers(session: Session, watched_pid: int) -> list[tuple[str, subprocess.P
 def measure(session: Session) -> list[tuple[str, float]]:
     """(who, % of one core) over the window."""
     window = 5.0 if session.quick else 30.0
-    sleepers = [subprocess.Popen(["sleep", "3600"]) for _ in range(REGISTRATIONS["PROC"])]
+    sleepers = registrations.sleepers(PROC)
     for proc in sleepers:
         session.cleanups.append(proc.kill)
     with running_daemon() as daemon, kqclient.connect(daemon.target) as client:
