@@ -111,6 +111,10 @@ class Kqueue:
         self._closed = False
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # Other threads post() to this eventfd without the lock (taking it could deadlock two
+        # kqueues pumping a shared source). So it stays open until the kqueue object itself is
+        # collected, and a late post() after close() never writes to a reused number.
+        self._wake_closer = weakref.finalize(self, os.close, self._wake)
         self._wake_armed = False
         self._timerfd = syscalls.timerfd_create()
         self._epoll.register(self._wake, select.EPOLLIN)
@@ -162,10 +166,11 @@ class Kqueue:
                 self.drop(kn)
             self._queue.clear()
             _open_kqueues.pop(self._epoll.fileno(), None)
-            # Wake any thread blocked in epoll_wait before the descriptors go.
-            os.eventfd_write(self._wake, 1)
+            # Wake any thread blocked in epoll_wait before the descriptors go. (When the garbage
+            # collector closes a forgotten kqueue, its finalizer may have closed _wake already.)
+            if self._wake_closer.alive:
+                os.eventfd_write(self._wake, 1)
             self._epoll.close()
-            os.close(self._wake)
             os.close(self._timerfd)
 
     def control(
@@ -244,7 +249,7 @@ class Kqueue:
     def post(self, callback: Callable[[], None]) -> None:
         """Run *callback* under this kqueue's lock at its next pump. Safe from any thread."""
         self._inbox.append(callback)
-        with contextlib.suppress(OSError):  # closed meanwhile: nothing runs the inbox again
+        if self._wake_closer.alive:  # open as long as this object exists (see __init__)
             os.eventfd_write(self._wake, 1)
 
     def call_at(self, deadline_ns: int, callback: Callable[[int], None]) -> TimerHandle:
