@@ -7,11 +7,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from google.protobuf.duration_pb2 import Duration
+
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2
 
 # Trailing metadata key: the errno behind a failed call, so the client can raise OSError(errno).
 ERRNO_KEY = "kqd-errno"
+# google.protobuf.Duration's documented range, +-10,000 years.
+_MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def seconds_of(duration: Duration, what: str) -> float:
+    """A Duration in seconds; ValueError, naming *what*, when it is negative or malformed."""
+    seconds, nanos = duration.seconds, duration.nanos
+    if abs(seconds) > _MAX_DURATION_SECONDS or abs(nanos) > 999_999_999:
+        raise ValueError(f"{what} is not a valid Duration (seconds {seconds}, nanos {nanos})")
+    total = seconds + nanos / 1e9
+    if total < 0:
+        raise ValueError(f"{what} must not be negative, got {total}s")
+    return total
+
+
+def duration(seconds: float) -> Duration:
+    """*seconds* as a Duration, clamped to its range."""
+    message = Duration()
+    message.FromNanoseconds(int(min(seconds, _MAX_DURATION_SECONDS) * 1e9))
+    return message
 
 
 def to_wire(ev: kevent) -> kqd_pb2.Kevent:

@@ -97,21 +97,29 @@ class RemoteKqueue(QueueRequests):
     async def stream(
         self, *, after: int | None = None, max_batch: int = 0
     ) -> AsyncIterator[kevent]:
-        async for batch in self.stream_batches(after=after, max_batch=max_batch):
-            for ev in batch:
+        async for first, batch in self._sequenced(after, max_batch):
+            for offset, ev in enumerate(batch):
+                self.last_sequence = first + offset
                 yield ev
 
     async def stream_batches(
         self, *, after: int | None = None, max_batch: int = 0
     ) -> AsyncIterator[list[kevent]]:
         """``stream()`` a message at a time: cheaper per event at high rates."""
+        async for first, batch in self._sequenced(after, max_batch):
+            self.last_sequence = first + len(batch) - 1
+            yield batch
+
+    async def _sequenced(
+        self, after: int | None, max_batch: int
+    ) -> AsyncIterator[tuple[int, list[kevent]]]:
         resume = Resume(self, after, max_batch)
         while True:
             try:
                 async for response in self.client.stub.Wait(resume.request()):
-                    batch = resume.accept(response)
+                    first, batch = resume.accept(response)
                     if batch:
-                        yield batch
+                        yield first, batch
             except grpc.RpcError as error:
                 await asyncio.sleep(resume.retry_after(translate(error, self.client.target)))
 

@@ -10,13 +10,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from google.protobuf.duration_pb2 import Duration
-
-from kqclient.errors import DaemonUnavailable
+from kqclient.errors import DaemonUnavailable, ResumeGap
 from kqd.core.control_args import check_control_args
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2
-from kqd.wire import events_from_wire, to_wire
+from kqd.wire import duration, events_from_wire, to_wire
 
 # How long a broken stream keeps trying to reconnect, and the pause between tries.
 RECONNECT_SECONDS = 30.0
@@ -27,13 +25,7 @@ CALL_MARGIN_SECONDS = 30.0
 
 def create_request(lease: float | None) -> kqd_pb2.CreateQueueRequest:
     """CreateQueue, asking for a *lease* in seconds (None: the daemon's)."""
-    return kqd_pb2.CreateQueueRequest(lease=None if lease is None else _duration(lease))
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(int(seconds * 1e9))
-    return duration
+    return kqd_pb2.CreateQueueRequest(lease=None if lease is None else duration(lease))
 
 
 class QueueRequests:
@@ -41,6 +33,8 @@ class QueueRequests:
 
     def __init__(self, queue_id: str) -> None:
         self.queue_id = queue_id
+        # The sequence number of the last event stream() yielded (of the last batch
+        # stream_batches() yielded): resume after it, here or in another process.
         self.last_sequence = 0
         self._closed = False
 
@@ -65,7 +59,7 @@ class QueueRequests:
             queue_id=self.queue_id,
             changes=[to_wire(c) for c in changes],
             max_events=events,
-            timeout=None if wait is None else _duration(wait),
+            timeout=None if wait is None else duration(wait),
         )
         return request, None if wait is None else wait + CALL_MARGIN_SECONDS
 
@@ -90,7 +84,13 @@ class QueueRequests:
 
 
 class Resume:
-    """One stream's position: which request resumes it, which events are new, when to give up."""
+    """One stream's position: which request resumes it, which events are new, when to give up.
+
+    The position is the queue's ``last_sequence``, which the caller advances as it hands events
+    out (so a consumer that stops halfway through a message resumes after the last event it
+    saw). Within one connection the numbers must follow on without a gap: anything else is a
+    broken promise, raised as ResumeGap rather than passed on.
+    """
 
     def __init__(self, queue: QueueRequests, after: int | None, max_batch: int) -> None:
         queue._check_open()
@@ -98,26 +98,35 @@ class Resume:
         self.max_batch = max_batch
         if after is not None:
             queue.last_sequence = after
+        self._received = queue.last_sequence
         self._give_up: float | None = None
 
     def request(self) -> kqd_pb2.WaitRequest:
+        self._received = self.queue.last_sequence
         return kqd_pb2.WaitRequest(
             queue_id=self.queue.queue_id,
-            after_sequence=self.queue.last_sequence,
+            after_sequence=self._received,
             max_batch=self.max_batch,
         )
 
-    def accept(self, response: kqd_pb2.WaitResponse) -> list[kevent]:
-        """The events of *response* not delivered yet (a resumed stream may repeat some)."""
+    def accept(self, response: kqd_pb2.WaitResponse) -> tuple[int, list[kevent]]:
+        """The events of *response* not received yet, and the sequence number of the first
+        (the others follow on by one)."""
         self._give_up = None
         items = response.events
-        last = self.queue.last_sequence
-        if items and items[0].sequence <= last:  # sequences ascend: only a resume repeats
-            items = [item for item in items if item.sequence > last]
+        if items and items[0].sequence <= self._received:  # only a resume repeats
+            items = [item for item in items if item.sequence > self._received]
         if not items:
-            return []
-        self.queue.last_sequence = items[-1].sequence
-        return events_from_wire(item.event for item in items)
+            return 0, []
+        first, expected = items[0].sequence, self._received + 1
+        if first != expected or items[-1].sequence != expected + len(items) - 1:
+            raise ResumeGap(
+                f"the stream skipped sequence numbers: expected {expected}, got {first}.."
+                f"{items[-1].sequence}; events may be lost, re-read the state you watch",
+                first,
+            )
+        self._received = items[-1].sequence
+        return first, events_from_wire(item.event for item in items)
 
     def retry_after(self, exc: Exception) -> float:
         """Seconds to pause before reconnecting; re-raises *exc* when it is not worth it."""

@@ -107,21 +107,30 @@ class RemoteKqueue(QueueRequests):
 
     def stream(self, *, after: int | None = None, max_batch: int = 0) -> Iterator[kevent]:
         """Server-streamed events in order, forever. A broken stream is resumed after the last
-        sequence received (``last_sequence``): nothing is lost, nothing repeats."""
-        for batch in self.stream_batches(after=after, max_batch=max_batch):
-            yield from batch
+        event yielded (``last_sequence``, updated as each event is yielded): nothing is lost,
+        nothing repeats."""
+        for first, batch in self._sequenced(after, max_batch):
+            for offset, ev in enumerate(batch):
+                self.last_sequence = first + offset
+                yield ev
 
     def stream_batches(
         self, *, after: int | None = None, max_batch: int = 0
     ) -> Iterator[list[kevent]]:
-        """``stream()`` a message at a time: cheaper per event at high rates."""
+        """``stream()`` a message at a time: cheaper per event at high rates.
+        ``last_sequence`` is the last event of the batch yielded."""
+        for first, batch in self._sequenced(after, max_batch):
+            self.last_sequence = first + len(batch) - 1
+            yield batch
+
+    def _sequenced(self, after: int | None, max_batch: int) -> Iterator[tuple[int, list[kevent]]]:
         resume = Resume(self, after, max_batch)
         while True:
             try:
                 for response in self.client.stub.Wait(resume.request()):
-                    batch = resume.accept(response)
+                    first, batch = resume.accept(response)
                     if batch:
-                        yield batch
+                        yield first, batch
             except grpc.RpcError as error:
                 time.sleep(resume.retry_after(translate(error, self.client.target)))
 

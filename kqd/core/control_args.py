@@ -10,6 +10,10 @@ from collections.abc import Iterable
 
 from kqd.core.kevent import kevent
 
+# Timeouts longer than this (about 31 years, inf included) mean "wait forever": no clock
+# would ever reach them, and the kernel's and gRPC's timers overflow long before.
+FOREVER_SECONDS = 1e9
+
 
 def _changes_of(changelist: Iterable[kevent] | None) -> list[kevent]:
     if changelist is None:
@@ -45,11 +49,12 @@ def _check_timeout(timeout: object) -> float | None:
         raise TypeError(f"timeout argument must be a number or None, got {type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be positive or None, got {timeout}")
-    return float(timeout)
+    return None if timeout > FOREVER_SECONDS else float(timeout)
 
 
 def check_control_args(
     changelist: Iterable[kevent] | None, max_events: object, timeout: object
 ) -> tuple[list[kevent], int, float | None]:
-    """The changes as a list, max_events, and the timeout in seconds (None: wait forever)."""
+    """The changes as a list, max_events, and the timeout in seconds (None: wait forever,
+    also for timeouts beyond FOREVER_SECONDS)."""
     return _changes_of(changelist), _check_max_events(max_events), _check_timeout(timeout)

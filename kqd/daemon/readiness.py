@@ -2,7 +2,8 @@
 
 The loop watches a queue's ``fileno()`` only while some call is waiting on it, and stops at the
 first wake-up: a queue whose events nobody collects would otherwise keep its descriptor readable
-and spin the loop.
+and spin the loop. The reader is removed only by the Readiness that added it: once a queue is
+closed its descriptor number may belong to another queue's kqueue, whose reader must stay.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import asyncio
 class Readiness:
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._reading = False
         self._waiters: set[asyncio.Future[None]] = set()
 
     async def wait(self, timeout: float | None) -> None:
-        """Return when the descriptor polls readable, or after *timeout* seconds."""
+        """Return when the descriptor polls readable, after *timeout* seconds, or at ``wake()``."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        if not self._waiters:
+        if not self._reading:
             loop.add_reader(self._fd, self.wake)
+            self._reading = True
         self._waiters.add(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
@@ -29,12 +32,18 @@ class Readiness:
         finally:
             self._waiters.discard(waiter)
             if not self._waiters:
-                loop.remove_reader(self._fd)
+                self._stop_reading()
 
     def wake(self) -> None:
-        """Resolve every waiter (the descriptor is readable, or the daemon is stopping)."""
-        asyncio.get_running_loop().remove_reader(self._fd)
+        """Resolve every waiter (the descriptor is readable, something changed, or the queue is
+        closing). Call it before the descriptor is closed."""
+        self._stop_reading()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self._waiters.clear()
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            asyncio.get_running_loop().remove_reader(self._fd)

@@ -2,16 +2,27 @@
 
 Events a Wait stream takes from the core are numbered and kept (DeliveryLog), so a stream that
 broke resumes after the last number it received and gets exactly what followed, including what
-was sent but never arrived. Descriptor idents are confined to the queue's own table.
+was sent but never arrived. Every Wait stream reads *through the log*: whichever stream collects
+events from the core records them first, and each stream then sends the log from its own
+position. So two streams on one queue (typically a client's new stream and the server side of
+the connection it just dropped, not yet torn down) each see every number, in order: none of them
+can take events the other then never sees.
+
+A queue is *in use* while any call or stream is running on it: the lease counts only idle time,
+so a call that waits longer than the lease keeps its queue. When the queue ends (CloseQueue, an
+idle lease, shutdown) every call waiting on it is woken at once and told why (QueueClosedError).
+Descriptor idents are confined to the queue's own table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 
 from kqd.core import (
     KQ_EV_DELETE,
@@ -30,6 +41,10 @@ FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
 _NOT_A_DESCRIPTOR = 2**62
 
 
+class QueueClosedError(Exception):
+    """The queue ended while a call was using it; the message says why."""
+
+
 class RemoteQueue:
     """What a client's queue is on the daemon's side (see the module docstring)."""
 
@@ -41,23 +56,40 @@ class RemoteQueue:
         # Duplicates of other processes' descriptors: our fd -> (pid, their fd).
         self.peer_fds: dict[int, tuple[int, int]] = {}
         self.log = DeliveryLog()
-        self.streams = 0
-        self.stopping = False
+        self.users = 0  # calls and streams running on the queue now
+        self.closed_because: str | None = None
         self.last_seen = time.monotonic()
         self._readiness = Readiness(self.kq.fileno())
 
-    def touch(self) -> None:
-        self.last_seen = time.monotonic()
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[RemoteQueue]:
+        """Hold the queue for one call or stream: its lease does not run meanwhile."""
+        self.users += 1
+        try:
+            yield self
+        finally:
+            self.users -= 1
+            self.last_seen = time.monotonic()
 
     def expired(self, now: float) -> bool:
-        return self.streams == 0 and now - self.last_seen > self.lease
+        return self.users == 0 and now - self.last_seen > self.lease
 
-    def close(self) -> None:
+    def close(self, because: str) -> None:
+        """End the queue: wake every call waiting on it (they fail with *because*), then
+        release the kqueue and every descriptor of its table. A second close does nothing."""
+        if self.closed_because is not None:
+            return
+        self.closed_because = because
+        self._readiness.wake()
         self.kq.close()
         for fd in self.descriptors:
             os.close(fd)
         self.descriptors.clear()
         self.peer_fds.clear()
+
+    def check_open(self) -> None:
+        if self.closed_because is not None:
+            raise QueueClosedError(self.closed_because)
 
     # ------------------------------------------------------------------ descriptors
 
@@ -67,11 +99,15 @@ class RemoteQueue:
         return fd
 
     def open_peer_fd(self, pid: int, target_fd: int) -> int:
-        pidfd = os.pidfd_open(pid)
         try:
-            fd = syscalls.pidfd_getfd(pidfd, target_fd)
-        finally:
-            os.close(pidfd)
+            pidfd = os.pidfd_open(pid)
+            try:
+                fd = syscalls.pidfd_getfd(pidfd, target_fd)
+            finally:
+                os.close(pidfd)
+        except OSError as exc:
+            what = f"descriptor {target_fd} of process {pid}"
+            raise OSError(exc.errno, exc.strerror, what) from None
         self.descriptors.add(fd)
         self.peer_fds[fd] = (pid, target_fd)
         return fd
@@ -100,13 +136,22 @@ class RemoteQueue:
             target: object = address.removeprefix("unix:").removeprefix("//")
         else:
             host, sep, port = address.rpartition(":")
-            if not sep or not port.isdigit():
-                raise ValueError(f"address {address!r} is not host:port or unix:/path")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ValueError(
+                    f"address {address!r} is not host:port (port 0..65535) or unix:/path"
+                )
             family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             target = (host.strip("[]"), int(port))
         sock.setblocking(False)
-        sock.connect_ex(target)  # type: ignore[arg-type]
+        try:
+            sock.connect_ex(target)  # type: ignore[arg-type]
+        except socket.gaierror as exc:
+            sock.close()
+            raise ValueError(f"cannot resolve {address!r}: {exc.strerror}") from None
+        except BaseException:
+            sock.close()
+            raise
         fd = sock.detach()
         self.descriptors.add(fd)
         return fd
@@ -123,11 +168,6 @@ class RemoteQueue:
         os.close(fd)
 
     # ------------------------------------------------------------------ events
-
-    def stop_waits(self) -> None:
-        """End every wait on this queue now, and refuse new ones (shutdown)."""
-        self.stopping = True
-        self._readiness.wake()
 
     def confine(self, changes: list[kevent]) -> tuple[list[kevent], dict[int, int]]:
         """Descriptor idents name the queue's own table, never the daemon's other descriptors:
@@ -146,6 +186,7 @@ class RemoteQueue:
 
     def control_now(self, changes: list[kevent], max_events: int) -> list[kevent]:
         """The core's control() with a zero timeout, confined to the queue's descriptors."""
+        self.check_open()
         confined, restore = self.confine(changes)
         events = self.kq.control(confined, max_events, 0)
         for ev in events:
@@ -165,6 +206,7 @@ class RemoteQueue:
             if remaining is not None and remaining <= 0:
                 return []
             await self._readiness.wait(remaining)
+            self.check_open()
             events = self.kq.control(None, max_events, 0)
             if events:
                 return events
@@ -172,16 +214,20 @@ class RemoteQueue:
     async def next_batch(
         self, after: int, max_batch: int, heartbeat: float
     ) -> list[tuple[int, kevent]]:
-        """Events after sequence *after*: from the log, or newly collected; [] at a heartbeat."""
-        if after < self.log.last_sequence:
-            return self.log.after(after, max_batch)
+        """Events after sequence *after*, from the log; [] when *heartbeat* seconds pass with
+        nothing new. The log is consulted at every turn, not only at the start: another stream
+        of this queue may have collected (and numbered) events meanwhile."""
         deadline = time.monotonic() + heartbeat
-        while not self.stopping:
+        while True:
+            self.check_open()
+            if after < self.log.last_sequence:
+                return self.log.after(after, max_batch)
             fresh = self.kq.control(None, max_batch, 0)
             if fresh:
-                return self.log.record(fresh)
+                self.log.record(fresh)
+                self._readiness.wake()  # the other streams of this queue have news too
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
+                return []
             await self._readiness.wait(remaining)
-        return []

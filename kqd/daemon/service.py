@@ -4,36 +4,44 @@ Like etcd's watch server, receiving (the unary calls), the watch engine (RemoteQ
 core) and sending (the Wait loop) are separate: a Wait stream only reads from its queue, and a
 reader that stops reading holds up nothing but its own stream, which is closed with a reason once
 it has been stuck for STUCK_SECONDS.
+
+Every handler runs under ``rpc_errors``: whatever a client sends, the call ends with a status
+that names the problem (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ...), never UNKNOWN and
+never a traceback. Every call on a queue holds it (``_using``), so its lease only counts idle
+time; a queue that ends under a call ends the call at once: NOT_FOUND when it was closed,
+UNAVAILABLE when the daemon is shutting down (a Wait stream then ends with status OK).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from kqd.core import KQ_EV_DELETE, KQ_EV_ERROR, kevent
 from kqd.daemon.delivery_log import ResumeTooOldError
-from kqd.daemon.remote_queue import RemoteQueue
+from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
-from kqd.wire import ERRNO_KEY, fill_wire, from_wire, to_wire
+from kqd.wire import ERRNO_KEY, duration, fill_wire, from_wire, seconds_of, to_wire
 
 log = logging.getLogger("kqd.daemon")
 
 MAX_UDATA = 64 * 1024
 MAX_CHANGES = 10_000
 MAX_EVENTS = 10_000
+MAX_PID = MAX_FD = 2**31 - 1  # pid_t and int: beyond, no process or descriptor can exist
 DEFAULT_BATCH = 512
 HEARTBEAT_SECONDS = 5.0
 STUCK_SECONDS = 60.0
 HOUSEKEEPING_SECONDS = 1.0
+SHUTTING_DOWN = "kqd is shutting down; reconnect once it is back (the queue is gone)"
 
 _OS_ERROR_STATUS = {
     errno.ENOENT: grpc.StatusCode.NOT_FOUND,
@@ -41,7 +49,20 @@ _OS_ERROR_STATUS = {
     errno.EPERM: grpc.StatusCode.PERMISSION_DENIED,
     errno.EMFILE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errno.ENFILE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errno.ENOMEM: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+_OS_ERROR_ADVICE = {
+    errno.EMFILE: "; the daemon is out of descriptors: close queues or descriptors you no "
+    "longer need, or raise its RLIMIT_NOFILE",
+    errno.ENFILE: "; the host is out of descriptors",
+}
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def short_id(queue_id: str) -> str:
+    """How a queue id appears in logs: never whole."""
+    return f"{queue_id[:6]}…"
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -55,7 +76,29 @@ async def abort_os_error(context: grpc.aio.ServicerContext, exc: OSError, what: 
     code = exc.errno or errno.EINVAL
     context.set_trailing_metadata(((ERRNO_KEY, str(code)),))
     status = _OS_ERROR_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT)
-    await abort(context, status, f"{what}: {exc.strerror or exc} [errno {code}]")
+    advice = _OS_ERROR_ADVICE.get(code, "")
+    await abort(context, status, f"{what}: {exc.strerror or exc} [errno {code}]{advice}")
+
+
+def rpc_errors(handler: Handler) -> Handler:
+    """Give every failure of *handler* a precise status: no input may produce UNKNOWN."""
+    name = handler.__name__
+
+    @functools.wraps(handler)
+    async def guarded(self: KQueueService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except OSError as exc:
+            await abort_os_error(context, exc, name if exc.filename is None else exc.filename)
+        except (ValueError, OverflowError, TypeError) as exc:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {exc}")
+        except Exception as exc:  # a daemon bug: one line in the log, a clear status out
+            log.error("%s failed: %s: %s", name, type(exc).__name__, exc)
+            await abort(context, grpc.StatusCode.INTERNAL, f"{name}: internal error: {exc}")
+
+    return guarded  # type: ignore[return-value]
 
 
 class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
@@ -64,17 +107,28 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         self.queues: dict[str, RemoteQueue] = {}
         self.stopping = False
 
-    async def _queue(self, queue_id: str, context: grpc.aio.ServicerContext) -> RemoteQueue:
+    @asynccontextmanager
+    async def _using(
+        self, queue_id: str, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[RemoteQueue]:
+        """The queue *queue_id*, held for the duration of a call (see the module docstring)."""
         queue = self.queues.get(queue_id)
         if queue is None:
+            if self.stopping:
+                await abort(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             await abort(
                 context,
                 grpc.StatusCode.NOT_FOUND,
-                f"no queue {queue_id!r}: it was closed, its lease expired or the daemon "
-                "restarted; create a new one with CreateQueue",
+                "no such queue: it was closed, its lease expired or the daemon restarted; "
+                "create a new one with CreateQueue",
             )
-        queue.touch()
-        return queue
+        with queue.in_use():
+            try:
+                yield queue
+            except QueueClosedError as exc:
+                if self.stopping:
+                    await abort(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                await abort(context, grpc.StatusCode.NOT_FOUND, f"the queue was closed: {exc}")
 
     async def _changes(
         self,
@@ -91,160 +145,151 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         out = []
         for change in changes:
             if len(change.udata) > MAX_UDATA:
-                await abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
+                raise ValueError(
                     f"udata of {len(change.udata)} bytes for ident {change.ident}; the limit is "
-                    f"{MAX_UDATA} bytes",
+                    f"{MAX_UDATA} bytes"
                 )
-            try:
-                out.append(from_wire(change, extra_flags))
-            except (OverflowError, TypeError) as exc:
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            out.append(from_wire(change, extra_flags))
         return out
 
+    @rpc_errors
     async def CreateQueue(self, request, context):  # noqa: N802 - gRPC method names
+        if self.stopping:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         lease = self.lease
         if request.HasField("lease"):
-            lease = min(lease, max(0.0, request.lease.ToTimedelta().total_seconds()))
+            lease = min(lease, seconds_of(request.lease, "lease"))
         queue = RemoteQueue(lease)
         self.queues[queue.queue_id] = queue
-        log.info("queue %s… created (lease %ss)", queue.queue_id[:8], lease)
-        granted = Duration()
-        granted.FromNanoseconds(int(lease * 1e9))
-        return kqd_pb2.CreateQueueResponse(queue_id=queue.queue_id, lease=granted)
+        log.debug("queue %s created (lease %ss)", short_id(queue.queue_id), lease)
+        return kqd_pb2.CreateQueueResponse(queue_id=queue.queue_id, lease=duration(lease))
 
+    @rpc_errors
     async def CloseQueue(self, request, context):  # noqa: N802
-        queue = await self._queue(request.queue_id, context)
-        self.queues.pop(queue.queue_id, None)
-        queue.close()
+        async with self._using(request.queue_id, context) as queue:
+            self._end(queue, "CloseQueue was called")
         return kqd_pb2.CloseQueueResponse()
 
     async def _receipts(self, request, context, extra_flags: int) -> list[kqd_pb2.Kevent]:
         """Apply each change alone and answer one receipt per change (data 0 or the errno)."""
-        queue = await self._queue(request.queue_id, context)
         receipts = []
-        for change in await self._changes(request.changes, context, extra_flags):
-            try:
-                queue.control_now([change], 0)
-                error = 0
-            except OSError as exc:
-                error = exc.errno or errno.EINVAL
-            change.flags, change.data = KQ_EV_ERROR, error
-            receipts.append(to_wire(change))
+        async with self._using(request.queue_id, context) as queue:
+            for change in await self._changes(request.changes, context, extra_flags):
+                try:
+                    queue.control_now([change], 0)
+                    error = 0
+                except OSError as exc:
+                    error = exc.errno or errno.EINVAL
+                change.flags, change.data = KQ_EV_ERROR, error
+                receipts.append(to_wire(change))
         return receipts
 
+    @rpc_errors
     async def Register(self, request, context):  # noqa: N802
         return kqd_pb2.RegisterResponse(receipts=await self._receipts(request, context, 0))
 
+    @rpc_errors
     async def Unregister(self, request, context):  # noqa: N802
         receipts = await self._receipts(request, context, KQ_EV_DELETE)
         return kqd_pb2.UnregisterResponse(receipts=receipts)
 
+    @rpc_errors
     async def Kevent(self, request, context):  # noqa: N802
-        queue = await self._queue(request.queue_id, context)
-        changes = await self._changes(request.changes, context)
         if request.max_events > MAX_EVENTS:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"max_events {request.max_events} is over the limit {MAX_EVENTS}",
-            )
+            raise ValueError(f"max_events {request.max_events} is over the limit {MAX_EVENTS}")
         timeout = None
         if request.HasField("timeout"):
-            timeout = request.timeout.ToTimedelta().total_seconds()
-            if timeout < 0:
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "timeout must be >= 0")
-        try:
+            timeout = seconds_of(request.timeout, "timeout")
+        async with self._using(request.queue_id, context) as queue:
+            changes = await self._changes(request.changes, context)
             events = await queue.control(changes, request.max_events, timeout)
-        except OSError as exc:
-            await abort_os_error(context, exc, "kevent")
         return kqd_pb2.KeventResponse(events=[to_wire(ev) for ev in events])
 
+    @rpc_errors
     async def Wait(self, request, context):  # noqa: N802
-        queue = await self._queue(request.queue_id, context)
         batch = min(request.max_batch or DEFAULT_BATCH, MAX_EVENTS)
         after = request.after_sequence
-        queue.streams += 1
+        async with self._using(request.queue_id, context) as queue:
+            if after > queue.log.last_sequence:
+                raise ValueError(
+                    f"after_sequence {after} is beyond the last sequence assigned, "
+                    f"{queue.log.last_sequence}: resume after a number this queue delivered"
+                )
+            try:
+                await self._send_events(queue, after, batch, context)
+            except QueueClosedError:
+                if not self.stopping:
+                    raise
+            except ResumeTooOldError as exc:
+                await abort(
+                    context,
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"cannot resume after sequence {after}: the oldest event kept is "
+                    f"{exc.oldest}; what came between is gone, so re-read the state you "
+                    f"watch and resume after {exc.oldest - 1}",
+                )
+
+    async def _send_events(
+        self, queue: RemoteQueue, after: int, batch: int, context: grpc.aio.ServicerContext
+    ) -> None:
+        """The sending half of a Wait stream: until the queue ends (QueueClosedError)."""
         # The first response goes out at once, events or not: the client knows the stream is
         # established and where the queue stands (like etcd's "created" watch response).
         quiet_for = 0.0
-        try:
-            while queue.queue_id in self.queues and not self.stopping:
-                try:
-                    items = await queue.next_batch(after, batch, quiet_for)
-                    quiet_for = HEARTBEAT_SECONDS
-                except ResumeTooOldError as exc:
-                    await abort(
-                        context,
-                        grpc.StatusCode.OUT_OF_RANGE,
-                        f"cannot resume after sequence {after}: the oldest event kept is "
-                        f"{exc.oldest}; what came between is gone, so re-read the state you "
-                        f"watch and resume after {exc.oldest - 1}",
-                    )
-                if self.stopping:
-                    break
-                response = kqd_pb2.WaitResponse(last_sequence=queue.log.last_sequence)
-                for sequence, ev in items:
-                    item = response.events.add()
-                    item.sequence = sequence
-                    fill_wire(item.event, ev)
-                try:
-                    await asyncio.wait_for(context.write(response), STUCK_SECONDS)
-                except TimeoutError:
-                    await abort(
-                        context,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"the client read nothing for {STUCK_SECONDS:.0f}s; stream closed, "
-                        f"resume after sequence {after}",
-                    )
-                if items:
-                    after = items[-1][0]
-            if not self.stopping:
-                await abort(context, grpc.StatusCode.NOT_FOUND, "the queue was closed")
-        finally:
-            queue.streams -= 1
-            queue.touch()
+        while True:
+            items = await queue.next_batch(after, batch, quiet_for)
+            quiet_for = HEARTBEAT_SECONDS
+            response = kqd_pb2.WaitResponse(last_sequence=queue.log.last_sequence)
+            for sequence, ev in items:
+                item = response.events.add()
+                item.sequence = sequence
+                fill_wire(item.event, ev)
+            try:
+                await asyncio.wait_for(context.write(response), STUCK_SECONDS)
+            except TimeoutError:
+                await abort(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the client read nothing for {STUCK_SECONDS:.0f}s; stream closed, "
+                    f"resume after sequence {after}",
+                )
+            if items:
+                after = items[-1][0]
 
-    async def _open(self, request, context, what: str, opener: Callable[[RemoteQueue], int]) -> Any:
-        queue = await self._queue(request.queue_id, context)
-        try:
+    async def _open(self, request, context, opener: Callable[[RemoteQueue], int]) -> int:
+        async with self._using(request.queue_id, context) as queue:
             return opener(queue)
-        except OSError as exc:
-            await abort_os_error(context, exc, what)
-        except ValueError as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+    @rpc_errors
     async def Open(self, request, context):  # noqa: N802
-        fd = await self._open(request, context, request.path, lambda q: q.open_path(request.path))
+        fd = await self._open(request, context, lambda q: q.open_path(request.path))
         return kqd_pb2.OpenResponse(fd=fd)
 
+    @rpc_errors
     async def OpenPeerFd(self, request, context):  # noqa: N802
-        fd = await self._open(
-            request,
-            context,
-            f"descriptor {request.fd} of process {request.pid}",
-            lambda q: q.open_peer_fd(request.pid, request.fd),
-        )
+        if not 0 < request.pid <= MAX_PID:
+            raise ValueError(f"pid {request.pid} is out of range: 1..{MAX_PID}")
+        if request.fd > MAX_FD:
+            raise ValueError(f"fd {request.fd} is out of range: 0..{MAX_FD}")
+        fd = await self._open(request, context, lambda q: q.open_peer_fd(request.pid, request.fd))
         return kqd_pb2.OpenPeerFdResponse(fd=fd)
 
+    @rpc_errors
     async def OpenConnection(self, request, context):  # noqa: N802
-        fd = await self._open(
-            request, context, request.address, lambda q: q.open_connection(request.address)
-        )
+        fd = await self._open(request, context, lambda q: q.open_connection(request.address))
         return kqd_pb2.OpenConnectionResponse(fd=fd)
 
+    @rpc_errors
     async def CloseDescriptor(self, request, context):  # noqa: N802
-        queue = await self._queue(request.queue_id, context)
-        if request.fd not in queue.descriptors:
-            context.set_trailing_metadata(((ERRNO_KEY, str(errno.EBADF)),))
-            await abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"descriptor {request.fd} is not open in this queue",
-            )
-        queue.close_descriptor(request.fd)
+        async with self._using(request.queue_id, context) as queue:
+            if request.fd not in queue.descriptors:
+                raise OSError(errno.EBADF, f"descriptor {request.fd} is not open in this queue")
+            queue.close_descriptor(request.fd)
         return kqd_pb2.CloseDescriptorResponse()
+
+    def _end(self, queue: RemoteQueue, because: str) -> None:
+        self.queues.pop(queue.queue_id, None)
+        queue.close(because)
 
     async def housekeeping(self) -> None:
         """Once a second: let go of peer descriptors their owners closed (kcmp), and close
@@ -253,21 +298,17 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
             await asyncio.sleep(min(self.lease, HOUSEKEEPING_SECONDS))
             for queue in self.queues.values():
                 for fd in queue.release_abandoned_peer_fds():
-                    log.info("queue %s…: descriptor %d closed by its owner", queue.queue_id[:8], fd)
+                    log.info(
+                        "queue %s: descriptor %d closed by its owner", short_id(queue.queue_id), fd
+                    )
             now = time.monotonic()
             for queue in [q for q in self.queues.values() if q.expired(now)]:
-                log.info("queue %s… lease expired", queue.queue_id[:8])
-                self.queues.pop(queue.queue_id, None)
-                queue.close()
+                log.debug("queue %s closed: idle for its lease", short_id(queue.queue_id))
+                self._end(queue, f"nobody used it for its lease of {queue.lease:g}s")
 
-    def stop_streams(self) -> None:
-        """Let every Wait stream end cleanly (status OK) at once."""
+    def shut_down(self) -> None:
+        """End every queue now: waiting calls fail with UNAVAILABLE, Wait streams end with
+        status OK, and new calls are refused."""
         self.stopping = True
-        for queue in self.queues.values():
-            queue.stop_waits()
-
-    def close_all(self) -> None:
         for queue in list(self.queues.values()):
-            with contextlib.suppress(OSError):
-                queue.close()
-        self.queues.clear()
+            self._end(queue, SHUTTING_DOWN)
