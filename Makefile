@@ -20,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q
 	$(VENV)/bin/ruff check kqd client tests bench
 	$(VENV)/bin/mypy
-	cd proto && npx --yes @bufbuild/buf@1.75.0 lint
+	cd proto && $(abspath $(VENV))/bin/buf lint
 
 bench: setup
 	$(PY) -m pip install --quiet --disable-pip-version-check matplotlib

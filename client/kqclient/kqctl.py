@@ -4,6 +4,12 @@ Data goes to stdout (text, or JSON Lines with ``-w json``), diagnostics to stder
 0 success; 1 a command-level failure (a pid that does not exist, a path that cannot be opened,
 a daemon that is not SERVING); 2 usage; 69 the daemon cannot be reached; 124 timeout;
 130 interrupted. ``--target`` (or ``KQD_TARGET``) names the daemon, default its standard socket.
+
+Every failure prints a human line ``kqctl: MESSAGE`` on stderr and, with ``-w json``, also one
+JSON Lines record on stdout (one per pid when several pids fail). A failure record always has
+the keys ``error`` (that MESSAGE; for a usage error ``PROG: MESSAGE``) and ``errno`` (an int, or
+null where no errno applies); it also names what failed where one thing did (``pid``, ``path``,
+``address``, ``command``, ``target``), and a usage error carries its ``usage`` line.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import sys
 import time
@@ -44,19 +51,58 @@ VNODE_NOTES = {
 }
 DEFAULT_WATCH_NOTES = "delete,write,extend,attrib,link,rename,revoke"
 
+# (name, one-line help) of every command, in the order usage messages list them.
+COMMANDS = [
+    ("pwait", "wait for processes to exit (FreeBSD pwait)"),
+    ("watch", "print file and directory changes"),
+    ("wait-port", "wait until addresses accept connections"),
+    ("health", "exit 0 when the daemon is SERVING"),
+]
+
+
+class UsageError(Exception):
+    """A command line kqctl cannot run (exit 2): *message*, the *usage* line of *prog*, and
+    optional *details* printed after them."""
+
+    def __init__(self, prog: str, usage: str, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.usage = usage.strip()
+        self.message = message
+        self.details = details
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise UsageError instead of exiting, so that ``main``
+    reports them like every other failure (and in JSON with ``-w json``). Subparsers made by
+    ``add_subparsers`` are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, self.format_usage(), message)
+
 
 class Output:
-    """Writes records as text lines or JSON Lines (``-w``)."""
+    """Where results and failures go: records as text lines or JSON Lines (``-w``) on stdout,
+    failure messages on stderr."""
 
     def __init__(self, fmt: str) -> None:
         self.json = fmt == "json"
 
     def emit(self, text: str, record: dict[str, Any]) -> None:
+        """One result: *text* in text mode, *record* as one JSON line in json mode."""
         print(json.dumps(record) if self.json else text, flush=True)
+
+    def fail(self, message: str, err: int | None = None, **subject: Any) -> None:
+        """One failure: ``kqctl: MESSAGE`` on stderr and, in json mode, the record
+        ``{**subject, "error": MESSAGE, "errno": ERR}`` on stdout."""
+        print(f"kqctl: {message}", file=sys.stderr, flush=True)
+        if self.json:
+            print(json.dumps({**subject, "error": message, "errno": err}), flush=True)
 
 
 def warn(message: str) -> None:
-    print(f"kqctl: {message}", file=sys.stderr)
+    """A diagnostic that is not a failure (stderr only)."""
+    print(f"kqctl: {message}", file=sys.stderr, flush=True)
 
 
 def describe_status(status: int) -> tuple[str, dict[str, Any]]:
@@ -68,6 +114,13 @@ def describe_status(status: int) -> tuple[str, dict[str, Any]]:
         return f"killed by signal {sig}", {"status": status, "signal": sig}
     code = os.WEXITSTATUS(status)
     return f"exited with status {code}", {"status": status, "exit_code": code}
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as the reason a user reads: an OSError's strerror (not ``[Errno N] ...``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def remaining(deadline: float | None) -> float | None:
@@ -84,7 +137,9 @@ def cmd_pwait(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) 
     waiting = set()
     for receipt in kq.control(changes, len(changes), 0):
         if receipt.data:
-            warn(f"{receipt.ident}: {os.strerror(receipt.data)}")
+            out.fail(
+                f"{receipt.ident}: {os.strerror(receipt.data)}", receipt.data, pid=receipt.ident
+            )
             failed = True
         else:
             waiting.add(receipt.ident)
@@ -93,7 +148,16 @@ def cmd_pwait(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) 
         events = kq.control(None, len(waiting), remaining(deadline))
         if not events:
             for pid in sorted(waiting):
-                out.emit(f"{pid}: still running", {"pid": pid, "running": True})
+                out.emit(
+                    f"{pid}: still running",
+                    {
+                        "pid": pid,
+                        "running": True,
+                        "error": f"{pid}: still running after {args.timeout}s",
+                        "errno": errno.ETIMEDOUT,
+                    },
+                )
+            warn(f"timeout after {args.timeout}s")
             return EXIT_TIMEOUT
         for ev in events:
             waiting.discard(ev.ident)
@@ -105,31 +169,58 @@ def cmd_pwait(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) 
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def _notes(spec: str) -> int:
+def parse_notes(spec: str) -> int:
+    """``-n``: comma-separated VNODE note names (any case) as a bit mask."""
     bits = 0
     for name in filter(None, (part.strip().lower() for part in spec.split(","))):
         if name not in VNODE_NOTES:
-            raise SystemExit(
-                f"kqctl watch: unknown note {name!r}; choose from {', '.join(VNODE_NOTES)}"
+            raise argparse.ArgumentTypeError(
+                f"unknown note {name!r}; choose from {', '.join(VNODE_NOTES)}"
             )
         bits |= VNODE_NOTES[name]
+    if not bits:
+        raise argparse.ArgumentTypeError(f"no note given; choose from {', '.join(VNODE_NOTES)}")
     return bits
+
+
+def parse_seconds(text: str) -> float:
+    """``-t``: a finite number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return seconds
+
+
+def parse_count(text: str) -> int:
+    """``-c``: a whole number, 0 or more (0: no limit)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (a whole number, 0 or more)")
+    return count
 
 
 def cmd_watch(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) -> int:
     """One line per VNODE event on the paths, until COUNT events or an interrupt."""
-    notes = _notes(args.notes)
     paths: dict[int, str] = {}
     for path in args.paths:
         absolute = os.path.abspath(path)
         try:
             fd = kq.open(absolute)
         except OSError as exc:
-            warn(f"{absolute}: {exc.strerror or exc}")
+            # The daemon's message names the path already: say it once, with the reason.
+            reason = os.strerror(exc.errno) if exc.errno else describe_error(exc)
+            out.fail(f"{absolute}: {reason}", exc.errno, path=absolute)
             return EXIT_FAILURE
         paths[fd] = absolute
     kq.control(
-        [kqclient.kevent(fd, KQ_FILTER_VNODE, KQ_EV_ADD | KQ_EV_CLEAR, notes) for fd in paths], 0
+        [kqclient.kevent(fd, KQ_FILTER_VNODE, KQ_EV_ADD | KQ_EV_CLEAR, args.notes) for fd in paths],
+        0,
     )
     warn(f"watching {len(paths)} path(s)")  # like inotifywait's "Watches established."
     for seen, ev in enumerate(kq.stream(), start=1):
@@ -164,7 +255,11 @@ def cmd_wait_port(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Outp
     for address in args.addresses:
         started = time.monotonic()
         if not _wait_one_port(kq, address, deadline):
-            warn(f"timeout after {args.timeout}s waiting for {address}")
+            out.fail(
+                f"timeout after {args.timeout}s waiting for {address}",
+                errno.ETIMEDOUT,
+                address=address,
+            )
             return EXIT_TIMEOUT
         waited = time.monotonic() - started
         out.emit(
@@ -173,7 +268,11 @@ def cmd_wait_port(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Outp
         )
     if args.command:
         sys.stdout.flush()
-        os.execvp(args.command[0], args.command)
+        try:
+            os.execvp(args.command[0], args.command)
+        except OSError as exc:
+            out.fail(f"{args.command[0]}: {describe_error(exc)}", exc.errno, command=args.command)
+            return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -188,15 +287,22 @@ def cmd_health(args: argparse.Namespace, out: Output) -> int:
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
         except grpc.RpcError as error:
-            warn(f"cannot reach kqd at {target}: {error.details()}")  # type: ignore[attr-defined]
+            details = error.details()  # type: ignore[attr-defined]
+            out.fail(f"cannot reach kqd at {target}: {details}", None, target=target)
             return EXIT_UNAVAILABLE
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    out.emit(status, {"target": target, "status": status})
-    return EXIT_OK if response.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILURE
+    serving = response.status == health_pb2.HealthCheckResponse.SERVING
+    record: dict[str, Any] = {"target": target, "status": status}
+    if not serving:  # the status line is data; the failure also goes to stderr
+        message = f"kqd at {target} is {status}"
+        warn(message)
+        record |= {"error": message, "errno": None}
+    out.emit(status, record)
+    return EXIT_OK if serving else EXIT_FAILURE
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kqctl",
         description="Talk to a kqd daemon.",
         epilog="exit codes: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 124 timeout, "
@@ -214,35 +320,43 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         help="output format: text or JSON Lines",
     )
-    sub = parser.add_subparsers(dest="command_name", required=True)
+    sub = parser.add_subparsers(dest="command_name", title="commands")
+    helps = dict(COMMANDS)
 
-    pwait = sub.add_parser("pwait", help="wait for processes to exit (FreeBSD pwait)")
-    pwait.add_argument("-t", "--timeout", type=float, help="give up after SECONDS (exit 124)")
+    pwait = sub.add_parser("pwait", help=helps["pwait"])
+    pwait.add_argument(
+        "-t", "--timeout", type=parse_seconds, help="give up after SECONDS (exit 124)"
+    )
     pwait.add_argument("-v", "--verbose", action="store_true", help="print each exit status")
     pwait.add_argument("-o", "--any", action="store_true", help="return when any pid exits")
     pwait.add_argument("pids", metavar="PID", type=int, nargs="+")
     pwait.set_defaults(run=cmd_pwait)
 
-    watch = sub.add_parser("watch", help="print file and directory changes")
+    watch = sub.add_parser("watch", help=helps["watch"])
     watch.add_argument(
         "-n",
         "--notes",
+        type=parse_notes,
         default=DEFAULT_WATCH_NOTES,
         help=f"comma-separated notes (default {DEFAULT_WATCH_NOTES}; also "
         "open,close,close_write,read)",
     )
-    watch.add_argument("-c", "--count", type=int, default=0, help="stop after COUNT events")
+    watch.add_argument("-c", "--count", type=parse_count, default=0, help="stop after COUNT events")
     watch.add_argument("paths", metavar="PATH", nargs="+")
     watch.set_defaults(run=cmd_watch)
 
-    port = sub.add_parser("wait-port", help="wait until addresses accept connections")
-    port.add_argument("-t", "--timeout", type=float, help="give up after SECONDS (exit 124)")
+    port = sub.add_parser("wait-port", help=helps["wait-port"])
+    port.add_argument(
+        "-t", "--timeout", type=parse_seconds, help="give up after SECONDS (exit 124)"
+    )
     port.add_argument("addresses", metavar="ADDR", nargs="+", help="host:port or unix:/path")
     port.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS: run on success")
     port.set_defaults(run=cmd_wait_port)
 
-    health = sub.add_parser("health", help="exit 0 when the daemon is SERVING")
-    health.add_argument("-t", "--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health = sub.add_parser("health", help=helps["health"])
+    health.add_argument(
+        "-t", "--timeout", type=parse_seconds, default=3.0, help="seconds (default 3)"
+    )
     health.set_defaults(run=None)
     return parser
 
@@ -254,27 +368,77 @@ def _split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def main(argv: list[str] | None = None) -> int:
-    own, command = _split_command(list(sys.argv[1:] if argv is None else argv))
-    args = _parser().parse_args(own)
+def _command_listing() -> str:
+    width = max(len(name) for name, _ in COMMANDS)
+    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS]
+    return "\n".join(["", "commands:", *lines, "", "`kqctl COMMAND -h` shows a command's options"])
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line (``--`` and what follows it in ``command``); UsageError when
+    it cannot run, including when no command is given."""
+    own, command = _split_command(argv)
+    parser = _parser()
+    args = parser.parse_args(own)
+    if args.command_name is None:
+        raise UsageError(
+            parser.prog, parser.format_usage(), "a command is required", _command_listing()
+        )
     args.command = command
-    out = Output(args.write_out)
-    if args.run is None:
-        return cmd_health(args, out)
-    run: Callable[[argparse.Namespace, kqclient.RemoteKqueue, Output], int] = args.run
+    return args
+
+
+def _requested_format(argv: list[str]) -> str:
+    """The ``-w`` format asked for, read leniently: a usage error is reported in it too."""
+    pre = _Parser(add_help=False)
+    pre.add_argument("-w", "--write-out", default="text")
     try:
+        known, _ = pre.parse_known_args(_split_command(argv)[0])
+    except UsageError:
+        return "text"
+    return str(known.write_out)
+
+
+def report_usage_error(error: UsageError, out: Output) -> int:
+    """argparse's usage report on stderr (and the record in json mode); the exit code 2."""
+    print(error.usage, file=sys.stderr)
+    print(f"{error.prog}: error: {error.message}", file=sys.stderr)
+    if error.details:
+        print(error.details, file=sys.stderr)
+    sys.stderr.flush()
+    if out.json:
+        record = {"error": f"{error.prog}: {error.message}", "errno": None, "usage": error.usage}
+        print(json.dumps(record), flush=True)
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one kqctl command line; the exit code (see the module's docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_arguments(argv)
+    except UsageError as error:
+        return report_usage_error(error, Output(_requested_format(argv)))
+    out = Output(args.write_out)
+    try:
+        if args.run is None:
+            return cmd_health(args, out)
+        run: Callable[[argparse.Namespace, kqclient.RemoteKqueue, Output], int] = args.run
         with kqclient.connect(args.target) as client:
             # A short lease instead of CloseQueue: the daemon reclaims the queue by itself, and
             # kqctl returns as soon as it knows (scripts wait on its exit).
             return run(args, client.kqueue(lease=QUEUE_LEASE), out)
     except kqclient.DaemonUnavailable as exc:
-        warn(str(exc))
+        out.fail(str(exc), None, target=resolve_target(args.target))
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
+        out.fail("interrupted", errno.EINTR)
         return EXIT_INTERRUPTED
     except (OSError, ValueError, kqclient.KqdError) as exc:
-        warn(str(exc))
-        return EXIT_FAILURE if getattr(exc, "errno", None) != errno.ETIMEDOUT else EXIT_TIMEOUT
+        err = getattr(exc, "errno", None)
+        out.fail(describe_error(exc), err if isinstance(err, int) else None)
+        timed_out = isinstance(exc, TimeoutError) or err == errno.ETIMEDOUT
+        return EXIT_TIMEOUT if timed_out else EXIT_FAILURE
 
 
 def console_main() -> NoReturn:
