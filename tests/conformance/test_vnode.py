@@ -7,7 +7,7 @@ import errno
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -41,9 +41,10 @@ def workdir() -> Iterator[str]:
         yield d
 
 
-@pytest.fixture
-def watch(kq, backend):
-    """watch(path, notes, flags): open *path* in the backend's table and add a VNODE knote."""
+@contextlib.contextmanager
+def watching(kq, backend) -> Iterator[Callable[..., int]]:
+    """watch(path, notes, flags): open *path* in the backend's table and add a VNODE knote;
+    the descriptors are closed on leaving."""
 
     opened: list[int] = []
 
@@ -53,9 +54,17 @@ def watch(kq, backend):
         kq.control([kevent(fd, KQ_FILTER_VNODE, flags, notes, 0, b"v")], 0)
         return fd
 
-    yield add
-    for fd in opened:
-        backend.close_fd(kq, fd)
+    try:
+        yield add
+    finally:
+        for fd in opened:
+            backend.close_fd(kq, fd)
+
+
+@pytest.fixture
+def watch(kq, backend) -> Iterator[Callable[..., int]]:
+    with watching(kq, backend) as add:
+        yield add
 
 
 def notes(kq) -> int:
@@ -121,6 +130,35 @@ def test_directory_entries(kq, workdir, watch) -> None:
     with tempfile.TemporaryDirectory() as other:
         os.rename(os.path.join(workdir, "renamed"), os.path.join(other, "out"))
         assert notes(kq) == KQ_NOTE_WRITE | KQ_NOTE_EXTEND
+
+
+EVERY_NOTE = ALL | KQ_NOTE_OPEN | KQ_NOTE_READ | KQ_NOTE_CLOSE | KQ_NOTE_CLOSE_WRITE
+
+
+def test_a_directory_does_not_report_its_entries_own_changes(kq, workdir, watch) -> None:
+    inside = os.path.join(workdir, "f")
+    make_file(inside, b"data")
+    watch(workdir, EVERY_NOTE)
+    os.chmod(inside, 0o600)
+    with open(inside, "ab") as f:
+        f.write(b"more")
+    with open(inside, "rb") as f:
+        f.read()
+    os.chmod(workdir, 0o755)  # queued after the entry's events: they were read before it
+    assert notes(kq) == KQ_NOTE_ATTRIB, "only the directory's own chmod"
+    assert kq.control(None, 8, 0.2) == []
+
+
+def test_touch_in_a_directory_is_one_write(kq, workdir, watch) -> None:
+    watch(workdir, EVERY_NOTE)
+    path = os.path.join(workdir, "new")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)  # what touch(1) does: open, utimensat
+    os.utime(fd)
+    os.close(fd)
+    assert notes(kq) == KQ_NOTE_WRITE
+    os.chmod(workdir, 0o755)
+    assert notes(kq) == KQ_NOTE_ATTRIB, "the new entry's open, utime and close reported nothing"
+    assert kq.control(None, 8, 0.2) == []
 
 
 def test_open_read_close_notes(kq, workdir, watch) -> None:

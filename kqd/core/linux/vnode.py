@@ -1,19 +1,41 @@
 """EVFILT_VNODE: what happened to a file or directory, from the shared inotify instance.
 
 inotify watches inodes, so a knote follows its file across renames, as a vnode knote does.
-Two translations need care:
+
+FreeBSD's filesystems post *hints*: the notes of one operation, together. A write posts
+NOTE_WRITE, or NOTE_WRITE|NOTE_EXTEND when the file grew; mkdir and rmdir post
+NOTE_WRITE|NOTE_LINK on the parent; a rename posts NOTE_WRITE on its directory, and
+NOTE_WRITE|NOTE_EXTEND (plus NOTE_LINK for a subdirectory) on each of two directories
+(``vop_*_post`` in ``sys/kern/vfs_subr.c``). ``filt_vfsvnode`` records a hint whole when any of
+its notes was asked for, so an append watched for NOTE_WRITE alone reports NOTE_WRITE|NOTE_EXTEND.
+``VnodeState.hints`` turns inotify's events into the same hints, and the knote asks inotify for an
+event when one of the hints it can bring intersects the knote's notes. Two translations need care:
 
 * NOTE_DELETE means "link count reached 0". Our own descriptor keeps an unlinked inode alive,
   so IN_DELETE_SELF only comes when the last descriptor closes; the unlink itself shows as
-  IN_ATTRIB (the link count changed). So IN_ATTRIB is checked against the link count: 0 is
-  NOTE_DELETE, another change is NOTE_LINK, no change is NOTE_ATTRIB.
-* In a directory, an entry renamed within it is NOTE_WRITE; renamed in from or out to another
-  directory it is NOTE_WRITE|NOTE_EXTEND. inotify reports both halves of a rename with one
-  cookie, so a pair seen in the same batch is a rename within the directory.
+  IN_ATTRIB (the link count changed). So IN_ATTRIB on a file is checked against the link count:
+  0 is NOTE_DELETE, another change is NOTE_LINK, no change is NOTE_ATTRIB. (Events that arrive
+  before the knote's delivery runs are merged by the hub, so a chmod and a link made together
+  show as NOTE_LINK.)
+* A directory reports only what happens to itself: an entry created, removed or renamed. The
+  events of the files inside it are dropped by the hub.
 
-An inotify queue overflow reaches every VNODE knote as every note it asked for, with data 1:
-anything may have changed, look again. Without EV_CLEAR a fired VNODE knote is reported on every
-call, as in FreeBSD (its fflags are only reset by EV_CLEAR).
+An inotify queue overflow has no FreeBSD counterpart: events were dropped, and anything may have
+changed. Each knote remembers the inode's size, link count, mtime and ctime as of its last event,
+and after an overflow compares them with fstat, reporting only what really changed: link count 0
+is NOTE_DELETE, another link count change NOTE_LINK (NOTE_WRITE|NOTE_LINK for a directory),
+growth NOTE_WRITE|NOTE_EXTEND, a shrink or a new mtime NOTE_WRITE, a new ctime alone
+NOTE_ATTRIB. A knote on an untouched file reports nothing. What leaves no trace in the inode
+cannot be recovered: NOTE_OPEN, NOTE_CLOSE, NOTE_CLOSE_WRITE, NOTE_READ, NOTE_RENAME (an inode
+does not record its name), and a chmod that came with a write shows as the write only. ``data``
+counts the overflows behind the notes recovered this way (it is 0 for events seen one by one, as
+in FreeBSD), so a reader can tell that such notes may be missing. The state is read when the
+knote's delivery runs, just after its kqueue drained the inotify queue: a change whose event an
+overflow dropped is not absorbed into the state before the overflow is seen, unless a whole
+queue of events (max_queued_events) arrives within that instant.
+
+Without EV_CLEAR a fired VNODE knote is reported on every call, as in FreeBSD (its fflags are only
+reset by EV_CLEAR).
 """
 
 from __future__ import annotations
@@ -23,7 +45,6 @@ import os
 import stat
 
 from kqd.core.constants import (
-    KQ_EV_CLEAR,
     KQ_EV_EOF,
     KQ_NOTE_ATTRIB,
     KQ_NOTE_CLOSE,
@@ -40,31 +61,13 @@ from kqd.core.constants import (
 from kqd.core.kevent import kevent
 from kqd.core.linux.fdtable import FdWatch
 from kqd.core.linux.filter import Filter
-from kqd.core.linux.inotify_hub import InotifyEvent, InotifyHub, Subscription
+from kqd.core.linux.inotify_hub import Arrivals, InotifyHub, Subscription
 from kqd.core.linux.knote import Knote
 
 H = InotifyHub
-OVERFLOW = object()  # the hint for an inotify queue overflow
-_DIR_ENTRY_CHANGES = H.IN_CREATE | H.IN_DELETE | H.IN_MOVED_FROM | H.IN_MOVED_TO
 
-# The inotify events each note needs.
-_WATCH_FOR = {
-    KQ_NOTE_DELETE: H.IN_ATTRIB | H.IN_DELETE_SELF,
-    KQ_NOTE_WRITE: H.IN_MODIFY | _DIR_ENTRY_CHANGES,
-    KQ_NOTE_EXTEND: H.IN_MODIFY | H.IN_MOVED_FROM | H.IN_MOVED_TO,
-    KQ_NOTE_ATTRIB: H.IN_ATTRIB,
-    KQ_NOTE_LINK: H.IN_ATTRIB | H.IN_CREATE | H.IN_DELETE | H.IN_MOVED_FROM | H.IN_MOVED_TO,
-    KQ_NOTE_RENAME: H.IN_MOVE_SELF,
-    KQ_NOTE_REVOKE: H.IN_UNMOUNT,
-    KQ_NOTE_OPEN: H.IN_OPEN,
-    KQ_NOTE_CLOSE: H.IN_CLOSE_NOWRITE,
-    KQ_NOTE_CLOSE_WRITE: H.IN_CLOSE_WRITE,
-    KQ_NOTE_READ: H.IN_ACCESS,
-}
-_ALL_NOTES = sum(_WATCH_FOR)
-# inotify events that always mean one note (the others depend on context; see notes_for).
+# inotify events of the inode itself that always mean one note.
 _ONE_TO_ONE = {
-    H.IN_MODIFY: KQ_NOTE_WRITE,
     H.IN_DELETE_SELF: KQ_NOTE_DELETE,
     H.IN_MOVE_SELF: KQ_NOTE_RENAME,
     H.IN_UNMOUNT: KQ_NOTE_REVOKE,
@@ -73,58 +76,99 @@ _ONE_TO_ONE = {
     H.IN_CLOSE_WRITE: KQ_NOTE_CLOSE_WRITE,
     H.IN_ACCESS: KQ_NOTE_READ,
 }
+# The notes each inotify event can bring (see VnodeState.hints), on a file and on a directory.
+_BRINGS = {**_ONE_TO_ONE, H.IN_ATTRIB: KQ_NOTE_ATTRIB | KQ_NOTE_LINK | KQ_NOTE_DELETE}
+_FILE_BRINGS = {**_BRINGS, H.IN_MODIFY: KQ_NOTE_WRITE | KQ_NOTE_EXTEND}
+_DIRECTORY_BRINGS = {
+    **_BRINGS,
+    H.IN_CREATE: KQ_NOTE_WRITE | KQ_NOTE_LINK,
+    H.IN_DELETE: KQ_NOTE_WRITE | KQ_NOTE_LINK,
+    H.IN_MOVED_FROM: KQ_NOTE_WRITE | KQ_NOTE_EXTEND | KQ_NOTE_LINK,
+    H.IN_MOVED_TO: KQ_NOTE_WRITE | KQ_NOTE_EXTEND | KQ_NOTE_LINK,
+}
+del _DIRECTORY_BRINGS[H.IN_CLOSE_WRITE]  # a directory is never open for writing
 
 
-def _inotify_mask(notes: int) -> int:
+def _inotify_mask(notes: int, is_dir: bool) -> int:
     mask = H.IN_DELETE_SELF | H.IN_UNMOUNT  # always: the watch's own end
-    for note, events in _WATCH_FOR.items():
-        if notes & note:
-            mask |= events
+    for event, brings in (_DIRECTORY_BRINGS if is_dir else _FILE_BRINGS).items():
+        if notes & brings:
+            mask |= event
     return mask
 
 
-class VnodeState:
-    """What the filter remembers of the inode between events."""
+def _entry_hint(kind: int, paired: bool) -> int:
+    """A directory entry created, removed or renamed: renamed within the directory (both halves
+    seen together) is NOTE_WRITE, in from or out to another directory NOTE_WRITE|NOTE_EXTEND; a
+    subdirectory coming or going changes the link count, NOTE_LINK."""
+    hint = KQ_NOTE_WRITE
+    if not paired:
+        if kind & H.IN_MOVED:
+            hint |= KQ_NOTE_EXTEND
+        if kind & H.IN_ISDIR:
+            hint |= KQ_NOTE_LINK
+    return hint
 
-    __slots__ = ("nlink", "overflows", "size", "subscription", "watch")
+
+class VnodeState:
+    """What the filter remembers of the inode: its state as of the knote's last event."""
+
+    __slots__ = ("ctime", "is_dir", "mtime", "nlink", "size", "subscription", "watch")
 
     def __init__(self, watch: FdWatch, st: os.stat_result) -> None:
         self.watch = watch
+        self.is_dir = stat.S_ISDIR(st.st_mode)
         self.subscription: Subscription | None = None
-        self.size = st.st_size
-        self.nlink = st.st_nlink
-        self.overflows = 0
+        self.remember(st)
 
-    def notes_for(self, batch: list[InotifyEvent]) -> int:
-        """Translate one read's events for this inode into NOTE_* bits."""
-        try:
-            st = os.fstat(self.watch.stat_fd)
-        except OSError:
-            return KQ_NOTE_DELETE
-        notes = 0
-        moves = [e.cookie for e in batch if e.mask & (H.IN_MOVED_FROM | H.IN_MOVED_TO)]
-        for event in batch:
-            mask = event.mask
-            if mask & (H.IN_CREATE | H.IN_DELETE):
-                notes |= KQ_NOTE_WRITE | (KQ_NOTE_LINK if mask & H.IN_ISDIR else 0)
-            if mask & (H.IN_MOVED_FROM | H.IN_MOVED_TO):
-                notes |= KQ_NOTE_WRITE
-                if moves.count(event.cookie) < 2:
-                    notes |= KQ_NOTE_EXTEND | (KQ_NOTE_LINK if mask & H.IN_ISDIR else 0)
-            if mask & H.IN_ATTRIB:
-                if st.st_nlink == 0:
-                    notes |= KQ_NOTE_DELETE
-                elif st.st_nlink != self.nlink:
-                    notes |= KQ_NOTE_LINK
-                else:
-                    notes |= KQ_NOTE_ATTRIB
-            for inotify_bit, note in _ONE_TO_ONE.items():
-                if mask & inotify_bit:
-                    notes |= note
-        if notes & KQ_NOTE_WRITE and stat.S_ISREG(st.st_mode) and st.st_size > self.size:
-            notes |= KQ_NOTE_EXTEND
+    def remember(self, st: os.stat_result) -> None:
         self.size, self.nlink = st.st_size, st.st_nlink
-        return notes
+        self.mtime, self.ctime = st.st_mtime_ns, st.st_ctime_ns
+
+    def hints(self, arrivals: Arrivals, st: os.stat_result) -> list[int]:
+        """The hints FreeBSD would have posted for the events that arrived."""
+        hints = [note for event, note in _ONE_TO_ONE.items() if arrivals.mask & event]
+        if arrivals.mask & H.IN_MODIFY:
+            grew = st.st_size > self.size
+            hints.append(KQ_NOTE_WRITE | KQ_NOTE_EXTEND if grew else KQ_NOTE_WRITE)
+        if arrivals.mask & H.IN_ATTRIB:
+            if st.st_nlink == 0:
+                hints.append(KQ_NOTE_DELETE)
+            elif st.st_nlink != self.nlink and not self.is_dir:  # a directory's: its entries
+                hints.append(KQ_NOTE_LINK)
+            else:
+                hints.append(KQ_NOTE_ATTRIB)
+        hints += [_entry_hint(kind, paired) for kind, paired in arrivals.entries]
+        return hints
+
+    def changes(self, st: os.stat_result) -> list[int]:
+        """After an overflow: the hints for what fstat shows changed since the last event."""
+        hints = []
+        if st.st_nlink != self.nlink:
+            if st.st_nlink == 0:
+                hints.append(KQ_NOTE_DELETE)
+            else:
+                hints.append(KQ_NOTE_WRITE | KQ_NOTE_LINK if self.is_dir else KQ_NOTE_LINK)
+        resized = 0 if self.is_dir else st.st_size - self.size  # a directory's size: its entries
+        if resized > 0:
+            hints.append(KQ_NOTE_WRITE | KQ_NOTE_EXTEND)
+        elif resized < 0 or st.st_mtime_ns != self.mtime:
+            hints.append(KQ_NOTE_WRITE)
+        if not hints and st.st_ctime_ns != self.ctime:
+            hints.append(KQ_NOTE_ATTRIB)
+        return hints
+
+
+def _record(kn: Knote, hints: list[int]) -> bool:
+    """``filt_vfsvnode``: a hint is recorded whole when any of its notes was asked for."""
+    recorded = False
+    for hint in hints:
+        if hint & KQ_NOTE_REVOKE:
+            kn.flags |= KQ_EV_EOF
+        if hint & kn.sfflags:
+            kn.fflags |= hint
+            recorded = True
+    return recorded
 
 
 class VnodeFilter(Filter):
@@ -143,9 +187,9 @@ class VnodeFilter(Filter):
         try:
             state.subscription = InotifyHub.shared().subscribe(
                 state.watch.stat_fd,
-                _inotify_mask(kn.sfflags),
+                _inotify_mask(kn.sfflags, state.is_dir),
                 self.kq,
-                lambda batch: self.kq.activate(kn, batch if batch is not None else OVERFLOW),
+                lambda arrivals: self.kq.activate(kn, arrivals),
             )
         except OSError:
             self.kq.fds.detach(kn)
@@ -161,23 +205,17 @@ class VnodeFilter(Filter):
         super().touch(kn, change)
         state: VnodeState = kn.hook
         if state.subscription is not None:
-            state.subscription.widen(state.watch.stat_fd, _inotify_mask(kn.sfflags))
+            state.subscription.widen(state.watch.stat_fd, _inotify_mask(kn.sfflags, state.is_dir))
 
     def event(self, kn: Knote, hint: object) -> bool:
-        state: VnodeState = kn.hook
-        if hint is OVERFLOW:
-            state.overflows += 1
-            kn.fflags |= kn.sfflags & _ALL_NOTES
-            kn.data = state.overflows
-        elif isinstance(hint, list):
-            notes = state.notes_for(hint)
-            kn.fflags |= notes & kn.sfflags
-            if notes & KQ_NOTE_REVOKE:
-                kn.flags |= KQ_EV_EOF
+        if isinstance(hint, Arrivals):
+            state: VnodeState = kn.hook
+            try:
+                st = os.fstat(state.watch.stat_fd)
+            except OSError:  # the user closed a device's descriptor: the knote goes at delivery
+                return kn.fflags != 0
+            _record(kn, state.hints(hint, st))
+            if hint.overflow and _record(kn, state.changes(st)):
+                kn.data += 1
+            state.remember(st)
         return kn.fflags != 0
-
-    def report(self, kn: Knote) -> tuple[int, int]:
-        result = super().report(kn)
-        if kn.flags & KQ_EV_CLEAR:  # the overflow count is reported once
-            kn.hook.overflows = 0
-        return result
