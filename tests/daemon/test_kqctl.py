@@ -40,6 +40,7 @@ def test_pwait_prints_exit_status(daemon_target) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert child.stdin is not None
     threading.Timer(0.2, child.stdin.close).start()  # exit once kqctl is (very likely) waiting
     out, _ = proc.communicate(timeout=WAIT_BOUND)
     assert proc.returncode == 0
