@@ -62,8 +62,9 @@ def test_oneshot_fires_once(kq) -> None:
     assert kq.control([timer(1, 0, flags=KQ_EV_DELETE)], 1, 0)[0].data == errno.ENOENT
 
 
-def test_abstime_in_the_past_fires_at_once_and_once(kq) -> None:
-    kq.control([timer(1, int(time.time()) - 10, KQ_NOTE_SECONDS | KQ_NOTE_ABSTIME)], 0)
+def test_abstime_in_the_past_fires_at_once_and_once_with_oneshot(kq) -> None:
+    past = int(time.time()) - 10
+    kq.control([timer(1, past, KQ_NOTE_SECONDS | KQ_NOTE_ABSTIME, KQ_EV_ADD | KQ_EV_ONESHOT)], 0)
     assert wait_events(kq, bound=1)[0].data == 1
     assert kq.control(None, 4, 0.05) == []
 
@@ -73,6 +74,34 @@ def test_abstime_in_the_future(kq) -> None:
     kq.control([timer(1, when_ms, KQ_NOTE_MSECONDS | KQ_NOTE_ABSTIME)], 0)
     ev = wait_events(kq)[0]
     assert ev.data == 1 and time.time() * 1000 >= when_ms - 1
+
+
+def test_abstime_timers_are_not_ev_clear(kq) -> None:
+    """filt_timerattach sets EV_CLEAR for relative timers only: an expired absolute timer is
+    level-triggered, reported at every call until deleted (or asked for with EV_CLEAR)."""
+    past = int(time.time()) - 10
+    kq.control([timer(1, past, KQ_NOTE_SECONDS | KQ_NOTE_ABSTIME, udata=b"abs")], 0)
+    ev = wait_events(kq, bound=1)[0]
+    assert (ev.flags & KQ_EV_CLEAR, ev.data, ev.udata) == (0, 1, b"abs")
+    again = kq.control(None, 4, 0)
+    assert [(e.ident, e.flags & KQ_EV_CLEAR, e.data) for e in again] == [(1, 0, 1)]
+    kq.control([timer(1, 0, flags=KQ_EV_DELETE)], 0)
+    assert kq.control(None, 4, 0) == []
+
+
+def test_abstime_with_ev_clear_fires_once(kq) -> None:
+    past = int(time.time()) - 10
+    kq.control([timer(1, past, KQ_NOTE_SECONDS | KQ_NOTE_ABSTIME, KQ_EV_ADD | KQ_EV_CLEAR)], 0)
+    assert wait_events(kq, bound=1)[0].flags & KQ_EV_CLEAR
+    assert kq.control(None, 4, 0.05) == []
+
+
+def test_relative_timers_get_ev_clear(kq) -> None:
+    kq.control([timer(1, 1), timer(2, 1, flags=KQ_EV_ADD | KQ_EV_ONESHOT)], 0)
+    events: list[kevent] = []
+    while not {1, 2} <= {ev.ident for ev in events}:
+        events += wait_events(kq)
+    assert all(ev.flags & KQ_EV_CLEAR for ev in events), events
 
 
 def test_re_add_restarts_and_forgets_expirations(kq) -> None:

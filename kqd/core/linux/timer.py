@@ -4,6 +4,10 @@ data in is the period in the unit fflags names (NOTE_MSECONDS by default); data 
 expirations since the last report. Periodic unless EV_ONESHOT or NOTE_ABSTIME. Re-adding a timer
 restarts it and forgets undelivered expirations, as FreeBSD's filt_timertouch does.
 NOTE_ABSTIME deadlines are wall-clock times converted to the monotonic clock when registered.
+
+Relative timers get EV_CLEAR automatically; NOTE_ABSTIME timers do not (filt_timerattach): once
+expired, an absolute timer without EV_CLEAR or EV_ONESHOT is level-triggered and reported
+(data 1) at every call until it is deleted or re-added.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ class TimerState:
 class TimerFilter(Filter):
     def attach(self, kn: Knote) -> None:
         interval = _interval_ns(kn.flags, kn.sfflags, kn.sdata)
-        kn.flags |= KQ_EV_CLEAR
+        if not kn.sfflags & KQ_NOTE_ABSTIME:
+            kn.flags |= KQ_EV_CLEAR
         self._start(kn, interval)
 
     def detach(self, kn: Knote) -> None:
