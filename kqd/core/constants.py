@@ -25,6 +25,8 @@ KQ_EV_ONESHOT = 0x0010
 KQ_EV_CLEAR = 0x0020
 KQ_EV_RECEIPT = 0x0040
 KQ_EV_DISPATCH = 0x0080
+KQ_EV_FORCEONESHOT = 0x0100  # make an existing knote ONESHOT and active (FreeBSD 12+)
+KQ_EV_KEEPUDATA = 0x0200  # modify an existing knote but keep its udata (FreeBSD 12+)
 KQ_EV_SYSFLAGS = 0xF000  # reserved for the system: stripped from changes
 KQ_EV_ERROR = 0x4000
 KQ_EV_EOF = 0x8000
@@ -84,6 +86,8 @@ FLAG_NAMES: dict[int, str] = {
     KQ_EV_CLEAR: "KQ_EV_CLEAR",
     KQ_EV_RECEIPT: "KQ_EV_RECEIPT",
     KQ_EV_DISPATCH: "KQ_EV_DISPATCH",
+    KQ_EV_FORCEONESHOT: "KQ_EV_FORCEONESHOT",
+    KQ_EV_KEEPUDATA: "KQ_EV_KEEPUDATA",
     KQ_EV_ERROR: "KQ_EV_ERROR",
     KQ_EV_EOF: "KQ_EV_EOF",
 }

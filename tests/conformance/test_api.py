@@ -14,6 +14,8 @@ from kqd.core import (
     KQ_EV_DELETE,
     KQ_EV_EOF,
     KQ_EV_ERROR,
+    KQ_EV_FORCEONESHOT,
+    KQ_EV_KEEPUDATA,
     KQ_FILTER_READ,
     KQ_FILTER_USER,
     KQ_NOTE_TRIGGER,
@@ -52,6 +54,12 @@ def test_kevent_repr_names_filter_and_flags() -> None:
     text = repr(kevent(3, KQ_FILTER_USER, KQ_EV_ADD | KQ_EV_CLEAR, KQ_NOTE_TRIGGER, 7, b"u"))
     assert "KQ_FILTER_USER" in text and "KQ_EV_ADD|KQ_EV_CLEAR" in text
     assert "KQ_NOTE_TRIGGER" in text and "data=7" in text and "b'u'" in text
+
+
+def test_freebsd_12_flags_have_their_values_and_names() -> None:
+    assert (KQ_EV_FORCEONESHOT, KQ_EV_KEEPUDATA) == (0x0100, 0x0200)
+    text = repr(kevent(3, KQ_FILTER_USER, KQ_EV_FORCEONESHOT | KQ_EV_KEEPUDATA))
+    assert "flags=KQ_EV_FORCEONESHOT|KQ_EV_KEEPUDATA" in text
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,13 @@ from kqd.core import (
     KQ_EV_DISPATCH,
     KQ_EV_ENABLE,
     KQ_EV_ERROR,
+    KQ_EV_FORCEONESHOT,
+    KQ_EV_KEEPUDATA,
     KQ_EV_ONESHOT,
     KQ_EV_RECEIPT,
     KQ_FILTER_TIMER,
     KQ_FILTER_USER,
+    KQ_NOTE_SECONDS,
     KQ_NOTE_TRIGGER,
     kevent,
 )
@@ -209,3 +212,72 @@ def test_inactive_knotes_do_not_use_up_max_events(kq) -> None:
     assert len(kq.control(None, 4, 0)) == 2  # both queued, level-triggered
     kq.control([user(1, KQ_EV_CLEAR)], 0)  # 1 no longer holds, still first in the queue
     assert [ev.ident for ev in kq.control(None, 1, 0)] == [2]
+
+
+def test_a_change_without_keepudata_replaces_udata(kq) -> None:
+    kq.control([user(1, KQ_EV_ADD | KQ_EV_CLEAR, udata=b"ctx")], 0)
+    trigger(kq, 1, b"")  # any change to a knote carries its udata (kqueue_register)
+    assert [ev.udata for ev in wait_events(kq)] == [b""]
+
+
+def test_trigger_with_keepudata_keeps_udata(kq) -> None:
+    kq.control([user(1, KQ_EV_ADD | KQ_EV_CLEAR, udata=b"ctx")], 0)
+    kq.control([user(1, KQ_EV_KEEPUDATA, KQ_NOTE_TRIGGER)], 0)
+    ev = wait_events(kq)[0]
+    assert (ev.udata, ev.flags & KQ_EV_KEEPUDATA) == (b"ctx", 0)
+
+
+def test_enable_with_keepudata_rearms_a_dispatch_knote_and_keeps_udata(kq) -> None:
+    kq.control([user(1, KQ_EV_ADD | KQ_EV_CLEAR | KQ_EV_DISPATCH, udata=b"job")], 0)
+    kq.control([user(1, KQ_EV_KEEPUDATA, KQ_NOTE_TRIGGER)], 0)
+    assert [ev.udata for ev in wait_events(kq)] == [b"job"]
+    kq.control([user(1, KQ_EV_KEEPUDATA, KQ_NOTE_TRIGGER)], 0)
+    assert kq.control(None, 4, 0) == [], "dispatched: quiet until EV_ENABLE"
+    kq.control([user(1, KQ_EV_ENABLE | KQ_EV_KEEPUDATA)], 0)
+    assert [ev.udata for ev in wait_events(kq)] == [b"job"]
+
+
+def test_add_with_keepudata_is_einval_and_add_still_replaces_udata(kq) -> None:
+    kq.control([user(1, KQ_EV_ADD | KQ_EV_CLEAR, udata=b"old")], 0)
+    err = kq.control([user(1, KQ_EV_ADD | KQ_EV_KEEPUDATA, KQ_NOTE_TRIGGER, udata=b"x")], 1, 0)
+    assert (err[0].flags, err[0].data) == (KQ_EV_ERROR, errno.EINVAL)
+    assert kq.control(None, 4, 0) == [], "the refused change must not trigger"
+    kq.control([user(1, KQ_EV_ADD, KQ_NOTE_TRIGGER, udata=b"new")], 0)
+    assert [ev.udata for ev in wait_events(kq)] == [b"new"]
+
+
+def test_forceoneshot_delivers_an_idle_knote_once_then_deletes_it(kq) -> None:
+    kq.control([user(1, KQ_EV_ADD | KQ_EV_CLEAR, udata=b"u")], 0)
+    assert kq.control(None, 4, 0) == []
+    kq.control([user(1, KQ_EV_FORCEONESHOT | KQ_EV_KEEPUDATA)], 0)
+    ev = wait_events(kq)[0]
+    assert (ev.ident, ev.udata) == (1, b"u")
+    assert ev.flags & KQ_EV_ONESHOT and not ev.flags & KQ_EV_FORCEONESHOT
+    assert kq.control(None, 4, 0) == []
+    assert kq.control([user(1, KQ_EV_DELETE)], 1, 0)[0].data == errno.ENOENT
+
+
+def test_forceoneshot_on_a_timer_reports_its_state_now(kq) -> None:
+    kq.control([kevent(1, KQ_FILTER_TIMER, KQ_EV_ADD, KQ_NOTE_SECONDS, 3600)], 0)
+    kq.control([kevent(1, KQ_FILTER_TIMER, KQ_EV_FORCEONESHOT)], 0)
+    ev = wait_events(kq)[0]
+    assert (ev.ident, ev.data) == (1, 0) and ev.flags & KQ_EV_ONESHOT
+    assert kq.control([kevent(1, KQ_FILTER_TIMER, KQ_EV_DELETE)], 1, 0)[0].data == errno.ENOENT
+
+
+def test_forceoneshot_on_a_disabled_knote_waits_for_enable(kq) -> None:
+    kq.control([user(1, KQ_EV_ADD | KQ_EV_DISABLE)], 0)
+    kq.control([user(1, KQ_EV_FORCEONESHOT)], 0)
+    assert kq.control(None, 4, 0) == []
+    kq.control([user(1, KQ_EV_ENABLE)], 0)
+    assert wait_events(kq)[0].flags & KQ_EV_ONESHOT
+    assert kq.control([user(1, KQ_EV_DELETE)], 1, 0)[0].data == errno.ENOENT
+
+
+def test_forceoneshot_is_ignored_when_the_knote_is_created(kq) -> None:
+    kq.control([user(1, KQ_EV_ADD | KQ_EV_CLEAR | KQ_EV_FORCEONESHOT)], 0)
+    assert kq.control(None, 4, 0) == []
+    for _ in range(2):
+        trigger(kq, 1)
+        ev = wait_events(kq)[0]
+        assert not ev.flags & (KQ_EV_ONESHOT | KQ_EV_FORCEONESHOT)

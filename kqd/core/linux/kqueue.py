@@ -26,6 +26,16 @@ epoll only has to say "something changed", the filter always reads the real stat
 Locking: one re-entrant lock guards all of the above. The blocking ``epoll_wait`` happens outside
 it, so other threads can change the queue meanwhile; what they change reaches the waiter through
 the epoll (new sources) or the wake eventfd (activations, posted callbacks, timers).
+``post()`` is called from other kqueues' pumps (a shared inotify or connector descriptor) and from
+signal handlers, where taking this lock could deadlock; so the wake eventfd has a leaf lock of its
+own, never held while taking another, which ``close()`` takes to close it. A late ``post()`` is
+then a no-op, never a write to a descriptor number that names something else by now.
+
+``close()`` releases every descriptor at once (epoll, timerfd, each knote's pidfd, duplicate or
+subscription), not when the garbage collector gets round to the reference cycles between a
+kqueue, its filters and its knotes. The one exception is the wake eventfd while other threads
+still wait in ``epoll_wait``: closing it would take it out of the epoll before they saw it
+written, and they would sleep on. The last of them to leave closes it.
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ from kqd.core.constants import (
     KQ_EV_DISPATCH,
     KQ_EV_ENABLE,
     KQ_EV_ERROR,
+    KQ_EV_FORCEONESHOT,
+    KQ_EV_KEEPUDATA,
     KQ_EV_ONESHOT,
     KQ_EV_RECEIPT,
     KQ_EV_SYSFLAGS,
@@ -63,7 +75,10 @@ from kqd.core.linux.filter import Filter
 from kqd.core.linux.knote import Knote
 
 _EPOLL_BATCH = 1024
-_KEPT_FLAGS_MASK = ~(KQ_EV_ADD | KQ_EV_DELETE | KQ_EV_ENABLE | KQ_EV_DISABLE) & 0xFFFF
+# Flags that act on one change and are not kept in the knote.
+_KEPT_FLAGS_MASK = (
+    ~(KQ_EV_ADD | KQ_EV_DELETE | KQ_EV_ENABLE | KQ_EV_DISABLE | KQ_EV_FORCEONESHOT) & 0xFFFF
+)
 
 # Every kqd kqueue by its fileno, so that READ on a kqueue can report its pending count.
 _open_kqueues: weakref.WeakValueDictionary[int, Kqueue] = weakref.WeakValueDictionary()
@@ -111,11 +126,11 @@ class Kqueue:
         self._closed = False
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        # Other threads post() to this eventfd without the lock (taking it could deadlock two
-        # kqueues pumping a shared source). So it stays open until the kqueue object itself is
-        # collected, and a late post() after close() never writes to a reused number.
-        self._wake_closer = weakref.finalize(self, os.close, self._wake)
+        # A leaf lock: post()'s write against close(). Re-entrant because the signal filter's
+        # Python-level handler posts, and may run in the main thread in the middle of a post().
+        self._wake_lock = threading.RLock()
         self._wake_armed = False
+        self._waiters = 0  # threads in epoll_wait, outside the lock
         self._timerfd = syscalls.timerfd_create()
         self._epoll.register(self._wake, select.EPOLLIN)
         self._epoll.register(self._timerfd, select.EPOLLIN)
@@ -157,7 +172,8 @@ class Kqueue:
             self.close()
 
     def close(self) -> None:
-        """Drop every knote and release every descriptor; a second close does nothing."""
+        """Drop every knote and release every descriptor now; a second close does nothing.
+        A thread blocked in ``control()`` wakes up and raises ValueError."""
         with self._lock:
             if self._closed:
                 return
@@ -165,11 +181,12 @@ class Kqueue:
             for kn in list(self._knotes.values()):
                 self.drop(kn)
             self._queue.clear()
+            self._inbox.clear()
             _open_kqueues.pop(self._epoll.fileno(), None)
-            # Wake any thread blocked in epoll_wait before the descriptors go. (When the garbage
-            # collector closes a forgotten kqueue, its finalizer may have closed _wake already.)
-            if self._wake_closer.alive:
-                os.eventfd_write(self._wake, 1)
+            if self._waiters:
+                os.eventfd_write(self._wake, 1)  # wake them; the last one out closes it
+            else:
+                self._close_wake()
             self._epoll.close()
             os.close(self._timerfd)
 
@@ -200,12 +217,19 @@ class Kqueue:
                 self._check_open()
                 self._drain_ready()
                 events = self._scan(max_events)
-            if events:
-                return events
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return []
-            ready = self._epoll.poll(-1 if remaining is None else remaining, _EPOLL_BATCH)
+                if events:
+                    return events
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                self._waiters += 1
+            try:
+                ready = self._epoll.poll(-1 if remaining is None else remaining, _EPOLL_BATCH)
+            finally:
+                with self._lock:
+                    self._waiters -= 1
+                    if self._closed and not self._waiters:
+                        self._close_wake()
             with self._lock:
                 self._check_open()
                 self._pump(ready)
@@ -247,9 +271,12 @@ class Kqueue:
                 self._epoll.unregister(fd)
 
     def post(self, callback: Callable[[], None]) -> None:
-        """Run *callback* under this kqueue's lock at its next pump. Safe from any thread."""
-        self._inbox.append(callback)
-        if self._wake_closer.alive:  # open as long as this object exists (see __init__)
+        """Run *callback* under this kqueue's lock at its next pump. Safe from any thread;
+        does nothing once the kqueue is closed."""
+        with self._wake_lock:
+            if self._closed:
+                return
+            self._inbox.append(callback)
             os.eventfd_write(self._wake, 1)
 
     def call_at(self, deadline_ns: int, callback: Callable[[int], None]) -> TimerHandle:
@@ -296,6 +323,11 @@ class Kqueue:
         if self._closed:
             raise ValueError("I/O operation on closed kqueue object")
 
+    def _close_wake(self) -> None:
+        with self._wake_lock:
+            os.close(self._wake)
+            self._wake = -1
+
     def _enqueue(self, kn: Knote) -> None:
         if kn.queued or kn.disabled or kn.dropped:
             return
@@ -338,10 +370,22 @@ class Kqueue:
         return receipts or None
 
     def _register(self, change: kevent) -> None:
-        """``kqueue_register()``: create, modify, delete, enable or disable one knote."""
+        """``kqueue_register()``: create, modify, delete, enable or disable one knote.
+
+        A change to an existing knote goes in FreeBSD's order: EV_DELETE ends it;
+        EV_FORCEONESHOT makes it ONESHOT and active, so the next scan delivers it once, whatever
+        its filter would say, and deletes it; EV_ENABLE/EV_DISABLE; udata is replaced unless
+        EV_KEEPUDATA; the filter takes the new note mask and data. EV_FORCEONESHOT is ignored
+        on creation, and EV_KEEPUDATA with EV_ADD is EINVAL.
+        """
         flags = change.flags & ~KQ_EV_SYSFLAGS
         if flags & (KQ_EV_ENABLE | KQ_EV_DISABLE) == KQ_EV_ENABLE | KQ_EV_DISABLE:
             raise OSError(errno.EINVAL, "KQ_EV_ENABLE and KQ_EV_DISABLE together")
+        if flags & KQ_EV_ADD and flags & KQ_EV_KEEPUDATA:
+            raise OSError(
+                errno.EINVAL,
+                "KQ_EV_KEEPUDATA keeps an existing knote's udata: use it without KQ_EV_ADD",
+            )
         fop = self._filters.get(change.filter)
         if fop is None:
             raise OSError(errno.EINVAL, f"unknown filter {change.filter}")
@@ -370,7 +414,11 @@ class Kqueue:
             self.drop(kn)
             return
         else:
-            kn.udata = change.udata
+            if flags & KQ_EV_FORCEONESHOT:
+                kn.flags |= KQ_EV_ONESHOT
+                kn.active = True
+            if not flags & KQ_EV_KEEPUDATA:
+                kn.udata = change.udata
             fop.touch(kn, change)
         if flags & KQ_EV_ENABLE:
             kn.disabled = False
