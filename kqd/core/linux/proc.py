@@ -3,8 +3,14 @@
 A pidfd names one process for good, so a recycled pid can never be mistaken for the process the
 knote was attached to. The exit status of a process that is not our child comes from the kernel
 once its parent has reaped it (PIDFD_GET_INFO, Linux >= 6.15), or from /proc/<pid>/stat while it
-is a zombie; the pidfd tells which of the two moments we are in. Where neither is possible
-(an older kernel and a parent that reaps at once) NOTE_EXIT is still delivered, with data -1.
+is a zombie and we may read it (ptrace rights: our own uid, or CAP_SYS_PTRACE); the pidfd tells
+which of the two moments we are in. It polls readable when the process exits and again, a second
+edge with POLLHUP, when its parent reaps it.
+
+So when the exit edge finds the status unknown (another user's process, not reaped yet), the
+knote waits for the reap edge, at most REAP_WAIT_NS (2 s), without holding up the kqueue; NOTE_EXIT
+then carries the status the reap revealed. A parent that does not reap within that bound, or an
+older kernel where only /proc could have told, gives NOTE_EXIT with data -1.
 We never reap: the parent's wait() still gets its status.
 """
 
@@ -14,6 +20,7 @@ import errno
 import functools
 import os
 import select
+import time
 
 from kqd.core.constants import (
     KQ_EV_ADD,
@@ -33,7 +40,9 @@ from kqd.core.linux import proc_connector, syscalls
 from kqd.core.linux.fdstate import poll_now
 from kqd.core.linux.filter import Filter
 from kqd.core.linux.knote import Knote
+from kqd.core.linux.kqueue import TimerHandle
 
+REAP_WAIT_NS = 2_000_000_000
 _NEEDS_CONNECTOR = KQ_NOTE_FORK | KQ_NOTE_EXEC | KQ_NOTE_TRACK
 _STAT_EXIT_CODE_FIELD = 52
 
@@ -84,8 +93,8 @@ def _zombie_exit_code(pid: int) -> int | None:
         return None
 
 
-def exit_status(pidfd: int, pid: int) -> int:
-    """The wait(2) status of the exited process behind *pidfd*; -1 when it cannot be known."""
+def exit_status(pidfd: int, pid: int) -> int | None:
+    """The wait(2) status of the exited process behind *pidfd*; None while it cannot be known."""
     status = syscalls.pidfd_exit_code(pidfd)
     if status is not None:
         return status
@@ -93,8 +102,7 @@ def exit_status(pidfd: int, pid: int) -> int:
     # Until the process is reaped its pid cannot be reused, so /proc/<pid> was this process.
     if status is not None and not poll_now(pidfd) & select.POLLHUP:
         return status
-    status = syscalls.pidfd_exit_code(pidfd)
-    return -1 if status is None else status
+    return syscalls.pidfd_exit_code(pidfd)
 
 
 class ExitHint:
@@ -105,12 +113,13 @@ class ExitHint:
 
 
 class ProcState:
-    __slots__ = ("connector", "exited", "pidfd")
+    __slots__ = ("connector", "exited", "give_up", "pidfd")
 
     def __init__(self, pidfd: int) -> None:
-        self.pidfd: int | None = pidfd
+        self.pidfd: int | None = pidfd  # None once the exit is reported
         self.exited = False
         self.connector: proc_connector.Subscription | None = None
+        self.give_up: TimerHandle | None = None  # the bound on waiting for the reap
 
 
 class _PidfdSource:
@@ -174,16 +183,28 @@ class ProcFilter(Filter):
             kn.fflags |= hint
         return kn.fflags != 0
 
-    def exited(self, kn: Knote) -> None:
+    def exited(self, kn: Knote, *, waited: bool = False) -> None:
+        """The pidfd polled readable: the process exited, or was reaped since. Reports NOTE_EXIT
+        unless the reap, still to come, is what will tell the status (see the module doc)."""
         state: ProcState = kn.hook
-        if state.exited or state.pidfd is None:
+        if state.pidfd is None:
             return
         state.exited = True
+        reaped = poll_now(state.pidfd) & select.POLLHUP  # before the status: a reap may come
         status = exit_status(state.pidfd, kn.ident)
+        if status is None and not (reaped or waited) and syscalls.pidfd_exit_code_supported():
+            if state.give_up is None:
+                state.give_up = self.kq.call_at(
+                    time.monotonic_ns() + REAP_WAIT_NS, lambda _now: self.exited(kn, waited=True)
+                )
+            return
         self._release(state)
-        self.kq.activate(kn, ExitHint(status))
+        self.kq.activate(kn, ExitHint(-1 if status is None else status))
 
     def _release(self, state: ProcState) -> None:
+        if state.give_up is not None:
+            state.give_up.cancel()
+            state.give_up = None
         if state.connector is not None:
             state.connector.cancel()
             state.connector = None

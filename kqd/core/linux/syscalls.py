@@ -9,7 +9,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import os
+import re
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -29,6 +31,9 @@ _PIDFD_GET_INFO = 0xC050FF0B
 _PIDFD_INFO = struct.Struct("<QQ11IiIIQ")
 _PIDFD_INFO_EXIT = 0x8
 _PIDFD_INFO_EXIT_CODE_FIELD = 13
+_PIDFD_INFO_EXIT_SINCE = (6, 15)
+
+SA_NOCLDWAIT = 2
 
 
 class _Timespec(ctypes.Structure):
@@ -37,6 +42,17 @@ class _Timespec(ctypes.Structure):
 
 class _Itimerspec(ctypes.Structure):
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class _Sigaction(ctypes.Structure):
+    """glibc's ``struct sigaction`` on 64-bit Linux (x86_64 and aarch64 share it)."""
+
+    _fields_ = [
+        ("handler", ctypes.c_void_p),
+        ("mask", ctypes.c_ulong * 16),
+        ("flags", ctypes.c_int),
+        ("restorer", ctypes.c_void_p),
+    ]
 
 
 def _check(result: int) -> int:
@@ -96,3 +112,21 @@ def pidfd_exit_code(pidfd: int) -> int | None:
     if not fields[0] & _PIDFD_INFO_EXIT:
         return None
     return int(fields[_PIDFD_INFO_EXIT_CODE_FIELD])
+
+
+@functools.cache
+def pidfd_exit_code_supported() -> bool:
+    """Does this kernel report exit codes through PIDFD_GET_INFO (Linux >= 6.15)?
+
+    Only a reaped process could show it, so the kernel version is the cheap way to ask.
+    """
+    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return found is not None and (int(found[1]), int(found[2])) >= _PIDFD_INFO_EXIT_SINCE
+
+
+def add_sigaction_flags(signum: int, flags: int) -> None:
+    """Add SA_* *flags* to the current action of *signum*, keeping its handler and mask."""
+    action = _Sigaction()
+    _check(_libc.sigaction(signum, None, ctypes.byref(action)))
+    action.flags |= flags
+    _check(_libc.sigaction(signum, ctypes.byref(action), None))
