@@ -19,6 +19,7 @@ import errno
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -420,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         return report_usage_error(error, Output(_requested_format(argv)))
     out = Output(args.write_out)
+    signal.signal(signal.SIGINT, lambda *_: interrupted(out))
     try:
         if args.run is None:
             return cmd_health(args, out)
@@ -431,14 +433,19 @@ def main(argv: list[str] | None = None) -> int:
     except kqclient.DaemonUnavailable as exc:
         out.fail(str(exc), None, target=resolve_target(args.target))
         return EXIT_UNAVAILABLE
-    except KeyboardInterrupt:
-        out.fail("interrupted", errno.EINTR)
-        return EXIT_INTERRUPTED
     except (OSError, ValueError, kqclient.KqdError) as exc:
         err = getattr(exc, "errno", None)
         out.fail(describe_error(exc), err if isinstance(err, int) else None)
         timed_out = isinstance(exc, TimeoutError) or err == errno.ETIMEDOUT
         return EXIT_TIMEOUT if timed_out else EXIT_FAILURE
+
+
+def interrupted(out: Output) -> NoReturn:
+    """Ctrl-C: say so and exit at once. Unwinding instead (KeyboardInterrupt) would leave a
+    gRPC call half-interrupted, and closing its channel can then hang."""
+    out.fail("interrupted", errno.EINTR)
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def console_main() -> NoReturn:
