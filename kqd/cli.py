@@ -5,19 +5,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from kqd.daemon.server import serve
+    from kqd.daemon.listeners import TlsFiles
+    from kqd.daemon.server import ServeOptions, serve
     from kqd.default_socket import default_socket
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
     )
-    return asyncio.run(serve(args.listen or [default_socket()], args.lease, args.grace))
+    tls_files = (args.tls_cert, args.tls_key, args.tls_client_ca)
+    if any(tls_files) and not all(tls_files):
+        raise SystemExit("kqd serve: TLS needs all of --tls-cert, --tls-key and --tls-client-ca")
+    options = ServeOptions(
+        listen=args.listen or [default_socket()],
+        lease=args.lease,
+        grace=args.grace,
+        tls=TlsFiles(*tls_files) if all(tls_files) else None,
+        insecure_tcp=args.insecure_tcp,
+    )
+    return asyncio.run(serve(options))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         "--grace", type=float, default=5.0, help="seconds streams get to end on SIGTERM (default 5)"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate for host:port listeners")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="PEM CA bundle: clients must present a certificate it signed",
+    )
+    serve.add_argument(
+        "--insecure-tcp",
+        action="store_true",
+        help="allow plain TCP (no TLS, nobody identified) on loopback addresses",
+    )
     serve.set_defaults(func=_serve)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -27,6 +27,7 @@ from kqclient import (
 )
 
 from kqd.daemon.reflection import V1_SERVICE_NAME
+from kqd.daemon.server import serve_command
 from tests.conftest import WAIT_BOUND, start_daemon
 
 
@@ -200,7 +201,7 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("address", ["127.0.0.1:99999", "127.0.0.1:", "nonsense"])
 def test_an_impossible_port_is_refused(address: str) -> None:
-    result = serve("--listen", address)
+    result = serve("--listen", address, "--insecure-tcp")
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on {address}" in result.stderr
     assert "Failed to add port" not in result.stderr, "only kqd's own message"
@@ -216,7 +217,7 @@ def test_a_socket_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
 
 def test_port_zero_logs_the_port_it_got(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "kqd", "serve", "--listen", "127.0.0.1:0", "--log-level", "info"],
+        serve_command("127.0.0.1:0", "--insecure-tcp", log_level="info"),
         stderr=subprocess.PIPE,
         text=True,
     )
