@@ -14,7 +14,7 @@ Re-exports ``kevent`` and every ``KQ_*`` constant; imports no Linux-only module.
 
 from kqclient.errors import DaemonUnavailable, KqdError, QueueNotFound, ResumeGap
 from kqclient.remote import Client, RemoteKqueue, connect, wait_for_daemon
-from kqclient.target import resolve_target
+from kqclient.target import TlsClientFiles, resolve_target
 from kqd.core import constants as _constants
 from kqd.core.constants import *  # noqa: F403
 from kqd.core.kevent import kevent
@@ -27,6 +27,7 @@ __all__ = [
     "QueueNotFound",
     "RemoteKqueue",
     "ResumeGap",
+    "TlsClientFiles",
     "connect",
     "default_socket",
     "kevent",

@@ -21,7 +21,7 @@ import grpc
 
 from kqclient.errors import DaemonUnavailable, translate
 from kqclient.protocol import QueueRequests, Resume, create_request
-from kqclient.target import KEEPALIVE_OPTIONS, resolve_target
+from kqclient.target import TlsClientFiles, open_channel, resolve_target
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2_grpc
 from kqd.wire import events_from_wire
@@ -30,9 +30,10 @@ from kqd.wire import events_from_wire
 class Client:
     """An asyncio connection to one kqd daemon; ``async with`` closes it."""
 
-    def __init__(self, target: str | None = None) -> None:
+    def __init__(self, target: str | None = None, tls: TlsClientFiles | None = None) -> None:
         self.target = resolve_target(target)
-        self._channel = grpc.aio.insecure_channel(self.target, options=KEEPALIVE_OPTIONS)
+        tls = tls or TlsClientFiles.from_env()
+        self._channel = open_channel(self.target, tls, aio=True)
         self.stub = kqd_pb2_grpc.KQueueServiceStub(self._channel)
 
     async def __aenter__(self) -> Client:
@@ -59,9 +60,10 @@ class Client:
         return RemoteKqueue(self, queue_id)
 
 
-def connect(target: str | None = None) -> Client:
-    """Connect to kqd at *target* (default: ``KQD_TARGET``, then the default socket)."""
-    return Client(target)
+def connect(target: str | None = None, *, tls: TlsClientFiles | None = None) -> Client:
+    """Connect to kqd at *target* (default: ``KQD_TARGET``, then the default socket); over TLS
+    with *tls* (default: from ``KQD_TLS_*``, when set)."""
+    return Client(target, tls)
 
 
 class RemoteKqueue(QueueRequests):

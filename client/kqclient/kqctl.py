@@ -23,10 +23,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import kqclient
-from kqclient.target import TARGET_ENV, resolve_target
+from kqclient.target import TARGET_ENV, TLS_ENV, open_channel, resolve_target
 from kqd.core.constants import (
     KQ_EV_ADD,
     KQ_EV_CLEAR,
@@ -277,13 +278,21 @@ def cmd_wait_port(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Outp
     return EXIT_OK
 
 
+def tls_files(args: argparse.Namespace) -> kqclient.TlsClientFiles | None:
+    """TLS files from --tls-ca/--tls-cert/--tls-key (all three), else from the environment."""
+    given = (args.tls_ca, args.tls_cert, args.tls_key)
+    if any(given) and not all(given):
+        raise ValueError("TLS needs all of --tls-ca, --tls-cert and --tls-key")
+    return kqclient.TlsClientFiles(*given) if all(given) else kqclient.TlsClientFiles.from_env()
+
+
 def cmd_health(args: argparse.Namespace, out: Output) -> int:
     """Exit 0 when the daemon answers SERVING (for container health checks)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     target = resolve_target(args.target)
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, tls_files(args)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
@@ -314,6 +323,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"daemon address: unix:///path or host:port (env {TARGET_ENV})",
     )
+    for flag, env, what in zip(
+        ("--tls-ca", "--tls-cert", "--tls-key"),
+        TLS_ENV,
+        ("CA that signed the daemon's certificate", "client certificate", "client key"),
+        strict=True,
+    ):
+        parser.add_argument(flag, type=Path, help=f"TLS: PEM {what} (env {env})")
     parser.add_argument(
         "-w",
         "--write-out",
@@ -426,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.run is None:
             return cmd_health(args, out)
         run: Callable[[argparse.Namespace, kqclient.RemoteKqueue, Output], int] = args.run
-        with kqclient.connect(args.target) as client:
+        with kqclient.connect(args.target, tls=tls_files(args)) as client:
             # A short lease instead of CloseQueue: the daemon reclaims the queue by itself, and
             # kqctl returns as soon as it knows (scripts wait on its exit).
             return run(args, client.kqueue(lease=QUEUE_LEASE), out)

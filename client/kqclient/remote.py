@@ -11,7 +11,7 @@ import grpc
 
 from kqclient.errors import DaemonUnavailable, translate
 from kqclient.protocol import QueueRequests, Resume, create_request
-from kqclient.target import KEEPALIVE_OPTIONS, resolve_target
+from kqclient.target import TlsClientFiles, open_channel, resolve_target
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2_grpc
 from kqd.wire import events_from_wire
@@ -20,9 +20,9 @@ from kqd.wire import events_from_wire
 class Client:
     """A connection to one kqd daemon; a context manager that closes the channel."""
 
-    def __init__(self, target: str | None = None) -> None:
+    def __init__(self, target: str | None = None, tls: TlsClientFiles | None = None) -> None:
         self.target = resolve_target(target)
-        self._channel = grpc.insecure_channel(self.target, options=KEEPALIVE_OPTIONS)
+        self._channel = open_channel(self.target, tls or TlsClientFiles.from_env())
         self.stub = kqd_pb2_grpc.KQueueServiceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -49,15 +49,18 @@ class Client:
         return RemoteKqueue(self, queue_id)
 
 
-def connect(target: str | None = None) -> Client:
-    """Connect to kqd at *target* (default: ``KQD_TARGET``, then the default socket)."""
-    return Client(target)
+def connect(target: str | None = None, *, tls: TlsClientFiles | None = None) -> Client:
+    """Connect to kqd at *target* (default: ``KQD_TARGET``, then the default socket); over TLS
+    with *tls* (default: from ``KQD_TLS_*``, when set)."""
+    return Client(target, tls)
 
 
-def wait_for_daemon(target: str | None = None, timeout: float = 10.0) -> None:
+def wait_for_daemon(
+    target: str | None = None, timeout: float = 10.0, *, tls: TlsClientFiles | None = None
+) -> None:
     """Return once kqd at *target* accepts connections; DaemonUnavailable after *timeout*."""
     target = resolve_target(target)
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, tls or TlsClientFiles.from_env(), eager=True) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:

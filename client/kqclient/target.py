@@ -1,16 +1,30 @@
-"""Where the daemon is: ``--target``, then ``KQD_TARGET``, then the default socket."""
+"""Where the daemon is and how to reach it: ``--target``, then ``KQD_TARGET``, then the default
+socket; TLS client files from the arguments or ``KQD_TLS_CA``/``KQD_TLS_CERT``/``KQD_TLS_KEY``."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
 
 from kqd.default_socket import default_socket
 
 TARGET_ENV = "KQD_TARGET"
+TLS_ENV = ("KQD_TLS_CA", "KQD_TLS_CERT", "KQD_TLS_KEY")
 KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+]
+# While waiting for a daemon to come up, try again every 20-100 ms rather than gRPC's default
+# backoff (1 s, growing), so a client knows within a fraction of a second.
+EAGER_RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 100),
 ]
 
 
@@ -20,3 +34,42 @@ def resolve_target(target: str | None) -> str:
     if target.startswith("/"):
         return f"unix://{target}"
     return target
+
+
+@dataclass(frozen=True)
+class TlsClientFiles:
+    """PEM files for a TLS listener: the CA that signed the daemon's certificate, and this
+    client's certificate and key (kqd requires one)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_env(cls) -> TlsClientFiles | None:
+        """From ``KQD_TLS_CA``, ``KQD_TLS_CERT`` and ``KQD_TLS_KEY``, when all three are set."""
+        values = [os.environ.get(name) for name in TLS_ENV]
+        if not any(values):
+            return None
+        if not all(values):
+            raise ValueError(f"TLS needs all of {', '.join(TLS_ENV)}")
+        return cls(*(Path(v) for v in values if v))
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
+
+
+def open_channel(
+    target: str, tls: TlsClientFiles | None, *, aio: bool = False, eager: bool = False
+) -> Any:
+    """A gRPC channel to *target* (sync, or asyncio with *aio*); TLS when *tls* is given.
+    *eager*: reconnect quickly (for waiting on a daemon that is starting)."""
+    options = KEEPALIVE_OPTIONS + (EAGER_RECONNECT_OPTIONS if eager else [])
+    module = grpc.aio if aio else grpc
+    if tls is None:
+        return module.insecure_channel(target, options=options)
+    return module.secure_channel(target, tls.credentials(), options=options)
