@@ -99,6 +99,20 @@ class Source(Protocol):
         """The descriptor number now belongs to something else: forget it."""
 
 
+class Admission(Protocol):
+    """Who may hold which knotes: asked before each knote is created or modified, and told when
+    one goes. FreeBSD's kqueue makes the same kind of checks at registration (``p_cansee`` in
+    filt_procattach, file permissions, the per-uid knote and callout counts); a host of many
+    callers (the daemon) plugs its authorization and quotas in here, so a refusal is an errno
+    at the change's place in the changelist, like any other failed change."""
+
+    def admit(self, change: kevent, existing: Knote | None) -> None:
+        """Raise OSError(errno) to refuse *change*; *existing* is None when it creates a knote."""
+
+    def released(self, kn: Knote) -> None:
+        """*kn* is gone (deleted, delivered ONESHOT, its descriptor closed, the queue closed)."""
+
+
 class TimerHandle:
     """A scheduled callback; ``cancel()`` makes it a no-op."""
 
@@ -142,6 +156,7 @@ class Kqueue:
         self._knotes: dict[tuple[int, int], Knote] = {}
         self._queue: OrderedDict[Knote, None] = OrderedDict()
         self.fds = FdTable(self)
+        self.admission: Admission | None = None
         self._filters: dict[int, Filter] = {value: cls(self) for value, cls in FILTERS.items()}
         _open_kqueues[self._epoll.fileno()] = self
 
@@ -310,6 +325,8 @@ class Kqueue:
         self._queue.pop(kn, None)
         kn.queued = False
         kn.fop.detach(kn)
+        if self.admission is not None and not kn.anonymous:
+            self.admission.released(kn)
 
     def dequeue(self, kn: Knote) -> None:
         """Take *kn* out of the active queue and forget that it was active (timer re-add)."""
@@ -395,9 +412,11 @@ class Kqueue:
             self.fds.check(change.ident)
         key = (change.ident, change.filter)
         kn = self._knotes.get(key)
+        if kn is None and not flags & KQ_EV_ADD:
+            raise OSError(errno.ENOENT, "no such knote")
+        if self.admission is not None and not (kn is not None and flags & KQ_EV_DELETE):
+            self.admission.admit(change, kn)
         if kn is None:
-            if not flags & KQ_EV_ADD:
-                raise OSError(errno.ENOENT, "no such knote")
             kn = Knote(
                 ident=change.ident,
                 filter=change.filter,
@@ -408,7 +427,12 @@ class Kqueue:
                 fop=fop,
                 disabled=bool(flags & KQ_EV_DISABLE),
             )
-            fop.attach(kn)
+            try:
+                fop.attach(kn)
+            except BaseException:
+                if self.admission is not None:
+                    self.admission.released(kn)
+                raise
             self._knotes[key] = kn
         elif flags & KQ_EV_DELETE:
             self.drop(kn)
