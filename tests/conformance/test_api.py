@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import threading
@@ -119,10 +120,12 @@ def test_context_manager(backend) -> None:
     assert kq.closed
 
 
-def test_change_in_one_thread_wakes_a_waiter_in_another(kq) -> None:
+@pytest.mark.parametrize("timeout", [10, 30 * 86_400, 1e300, math.inf])
+def test_change_in_one_thread_wakes_a_waiter_in_another(kq, timeout: float) -> None:
+    """Also with timeouts beyond what epoll_wait or gRPC can express (30 days, inf)."""
     kq.control([kevent(1, KQ_FILTER_USER, KQ_EV_ADD | KQ_EV_CLEAR)], 0)
     got: list = []
-    waiter = threading.Thread(target=lambda: got.extend(kq.control(None, 1, 10)))
+    waiter = threading.Thread(target=lambda: got.extend(kq.control(None, 1, timeout)))
     waiter.start()
     kq.control([kevent(1, KQ_FILTER_USER, 0, KQ_NOTE_TRIGGER)], 0)
     waiter.join(10)

@@ -75,6 +75,8 @@ from kqd.core.linux.filter import Filter
 from kqd.core.linux.knote import Knote
 
 _EPOLL_BATCH = 1024
+# epoll_wait takes int milliseconds (about 24.8 days); a longer wait is made of several.
+_MAX_POLL_SECONDS = 86_400.0
 # Flags that act on one change and are not kept in the knote.
 _KEPT_FLAGS_MASK = (
     ~(KQ_EV_ADD | KQ_EV_DELETE | KQ_EV_ENABLE | KQ_EV_DISABLE | KQ_EV_FORCEONESHOT) & 0xFFFF
@@ -239,7 +241,8 @@ class Kqueue:
                     return []
                 self._waiters += 1
             try:
-                ready = self._epoll.poll(-1 if remaining is None else remaining, _EPOLL_BATCH)
+                poll_for = -1 if remaining is None else min(remaining, _MAX_POLL_SECONDS)
+                ready = self._epoll.poll(poll_for, _EPOLL_BATCH)
             finally:
                 with self._lock:
                     self._waiters -= 1
