@@ -4,6 +4,7 @@ with kqctl or the kqclient library."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -13,23 +14,52 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     from kqd.daemon.listeners import TlsFiles
+    from kqd.daemon.policy import Policy, PolicyError
     from kqd.daemon.server import ServeOptions, serve
     from kqd.default_socket import default_socket
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
-    )
     tls_files = (args.tls_cert, args.tls_key, args.tls_client_ca)
     if any(tls_files) and not all(tls_files):
         raise SystemExit("kqd serve: TLS needs all of --tls-cert, --tls-key and --tls-client-ca")
+    policy = None
+    if args.policy:
+        try:
+            policy = Policy.load(args.policy)
+        except PolicyError as exc:
+            # Unusable configuration, as an unusable --listen address: exit 2, one line.
+            print(f"kqd serve: policy {exc}", file=sys.stderr)
+            return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
+    )
+    if policy is not None:
+        logging.getLogger("kqd.daemon").info("policy %s", policy.describe())
     options = ServeOptions(
         listen=args.listen or [default_socket()],
         lease=args.lease,
         grace=args.grace,
         tls=TlsFiles(*tls_files) if all(tls_files) else None,
         insecure_tcp=args.insecure_tcp,
+        policy=policy,
     )
     return asyncio.run(serve(options))
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    """Exit 0 when every file is a usable policy (one line each on stdout), else 1 with one
+    line per unusable file on stderr (FILE:LINE: KEY: what is wrong)."""
+    from kqd.daemon.policy import Policy, PolicyError
+
+    status = 0
+    for path in args.files:
+        try:
+            policy = Policy.load(path)
+        except PolicyError as exc:
+            print(f"kqd policy check: {exc}", file=sys.stderr)
+            status = 1
+        else:
+            print(f"{policy.describe()}: ok")
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +94,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="allow plain TCP (no TLS, nobody identified) on loopback addresses",
     )
+    serve.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        default=os.environ.get("KQD_POLICY") or None,
+        help="the operator's policy (TOML; reloaded on SIGHUP); default $KQD_POLICY, else the "
+        "built-in defaults",
+    )
     serve.set_defaults(func=_serve)
+    policy = sub.add_parser("policy", help="work with policy files")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser(
+        "check",
+        help="check policy files",
+        description="Check policy files: exit 0 when all are usable, 1 when one is not (one "
+        "line each: FILE:LINE: KEY: what is wrong), 2 on a usage error.",
+    )
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.set_defaults(func=_policy_check)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

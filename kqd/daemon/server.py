@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kqd.daemon.identity import IdentityInterceptor
 from kqd.daemon.listeners import ListenError, Listeners, TlsFiles
+from kqd.daemon.policy import Policy
 from kqd.daemon.reflection import enable_reflection
 from kqd.daemon.service import KQueueService
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
@@ -52,6 +53,7 @@ class ServeOptions:
     grace: float = 5.0
     tls: TlsFiles | None = None
     insecure_tcp: bool = False
+    policy: Policy | None = None
 
 
 async def serve(options: ServeOptions) -> int:

@@ -1,4 +1,5 @@
-"""The Kubernetes manifests and compose file: valid offline, and the invariants we rely on."""
+"""The Kubernetes manifests, compose file and shipped policies: valid offline, and the
+invariants we rely on."""
 
 from __future__ import annotations
 
@@ -9,13 +10,29 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kqd.core.constants import KQ_FILTER_SIGNAL
+from kqd.daemon.identity import Principal
+from kqd.daemon.peer_relay import PeerCredentials
+from kqd.daemon.policy import Policy
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
+POLICIES = sorted((DEPLOY / "policy").glob("*.toml"))
 BIN = Path(sys.executable).parent
+POLICY_PATH = "/etc/kqd/policy.toml"
+
+
+def documents(name: str) -> dict[str, dict]:
+    """The documents of a manifest file, by kind (one of each)."""
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()))
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert len(by_kind) == len(docs), f"{name}: one document of each kind"
+    return by_kind
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((DEPLOY / "k8s" / name).read_text())
+    """The workload of a manifest file (what is not its ConfigMap)."""
+    return next(doc for kind, doc in documents(name).items() if kind != "ConfigMap")
 
 
 def test_yamllint_clean() -> None:
@@ -78,6 +95,7 @@ def test_daemonset_invariants() -> None:
     host_path = {v["name"]: v for v in spec["volumes"]}["kqd-run"]["hostPath"]
     assert host_path["path"] == "/run/kqd"
     assert "RISKS" in (DEPLOY / "k8s" / "daemonset.yaml").read_text()
+    assert spec["automountServiceAccountToken"] is False, "no API token for callers to find"
 
 
 def test_compose_shares_the_pid_namespace() -> None:
@@ -93,3 +111,85 @@ def test_containerfile_contract() -> None:
     assert "USER 65532" in text and 'VOLUME ["/run/kqd"]' in text
     assert 'CMD ["kqctl", "health"]' in text
     assert 'ENTRYPOINT ["kqd", "serve"' in text
+
+
+# --- The policy each deployment ships ---------------------------------------------------------
+
+
+def test_shipped_policies_pass_kqd_policy_check() -> None:
+    assert POLICIES, "deploy/policy/*.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "kqd", "policy", "check", *POLICIES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok\n") == len(POLICIES)
+
+
+def test_a_broken_policy_fails_the_check_with_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[defaults]\nfilters = ["READ", "SIGNAL"]\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "kqd", "policy", "check", broken],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"{broken}:2: defaults.filters: SIGNAL is never allowed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("manifest", "policy"), [("sidecar.yaml", "default.toml"), ("daemonset.yaml", "daemonset.toml")]
+)
+def test_manifests_carry_their_policy(manifest: str, policy: str) -> None:
+    by_kind = documents(manifest)
+    config_map = by_kind["ConfigMap"]
+    text = config_map["data"]["policy.toml"]
+    assert text == (DEPLOY / "policy" / policy).read_text(), f"{manifest} copies {policy}"
+    Policy.parse(text, f"{manifest} ConfigMap")
+    spec = load(manifest)["spec"]
+    if "template" in spec:
+        assert config_map["metadata"]["namespace"] == load(manifest)["metadata"]["namespace"]
+        spec = spec["template"]["spec"]
+    (kqd,) = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "kqd"]
+    args = kqd["args"]
+    assert args[args.index("--policy") + 1] == POLICY_PATH
+    (volume,) = [v for v in spec["volumes"] if "configMap" in v]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    (mount,) = [m for m in kqd["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["mountPath"] == str(Path(POLICY_PATH).parent) and mount["readOnly"] is True
+    assert "subPath" not in mount, "a subPath mount never sees ConfigMap updates"
+
+
+def test_the_daemonset_policy_is_safe_for_every_caller() -> None:
+    policy = Policy.load(DEPLOY / "policy" / "daemonset.toml")
+    assert policy.principals == (), "no caller gets more than the defaults"
+    callers = [
+        Principal.local(PeerCredentials(1, 65532, 65532, ())),  # kqd's own uid
+        Principal.local(PeerCredentials(1, 1000, 1000, (0, 4))),
+        Principal("tcp:anonymous"),
+        Principal("tls:anyone"),
+    ]
+    for caller in callers:
+        rules = policy.for_principal(caller)
+        assert not rules.privileged and not rules.open_peer_fd
+        assert not rules.filter_allowed(KQ_FILTER_SIGNAL)
+        assert not rules.paths_granted
+        for path in ("/proc/1/environ", "/sys/kernel", "/run/secrets/x", "/var/run/secrets/x"):
+            assert rules.path_decision(path) == "deny", path
+        assert rules.connect_allowed("127.0.0.1", 80)
+        assert not rules.connect_allowed("10.0.0.1", 80) and not rules.connect_allowed("::", 80)
+        assert rules.quotas.knotes <= 20_000 and rules.quotas.descriptors <= 256
+
+
+def test_the_image_and_compose_carry_the_default_policy() -> None:
+    text = (DEPLOY / "Containerfile").read_text()
+    assert f"COPY deploy/policy/default.toml {POLICY_PATH}" in text
+    assert f"KQD_POLICY={POLICY_PATH}" in text, "kqd serve's default, whatever the arguments"
+    kqd = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["kqd"]
+    assert kqd["command"] == ["--policy", POLICY_PATH]
+    assert f"./policy/default.toml:{POLICY_PATH}:ro" in kqd["volumes"]
