@@ -19,10 +19,19 @@ _MAX_DURATION_SECONDS = 315_576_000_000
 
 
 def seconds_of(duration: Duration, what: str) -> float:
-    """A Duration in seconds; ValueError, naming *what*, when it is negative or malformed."""
+    """A Duration in seconds; ValueError, naming *what*, when it is negative or malformed (out
+    of google.protobuf.Duration's range, or seconds and nanos of opposite signs)."""
     seconds, nanos = duration.seconds, duration.nanos
     if abs(seconds) > _MAX_DURATION_SECONDS or abs(nanos) > 999_999_999:
-        raise ValueError(f"{what} is not a valid Duration (seconds {seconds}, nanos {nanos})")
+        raise ValueError(
+            f"{what} is not a valid Duration (seconds {seconds}, nanos {nanos}): seconds must be "
+            f"within +-{_MAX_DURATION_SECONDS} and nanos within +-999,999,999"
+        )
+    if (seconds < 0 < nanos) or (nanos < 0 < seconds):
+        raise ValueError(
+            f"{what} is not a valid Duration (seconds {seconds}, nanos {nanos}): seconds and "
+            "nanos must have the same sign"
+        )
     total = seconds + nanos / 1e9
     if total < 0:
         raise ValueError(f"{what} must not be negative, got {total}s")

@@ -16,6 +16,7 @@ Descriptor idents are confined to the queue's own table.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -23,6 +24,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from kqd.core import (
     KQ_EV_DELETE,
@@ -39,6 +41,42 @@ from kqd.daemon.readiness import Readiness
 
 FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
 _NOT_A_DESCRIPTOR = 2**62
+
+
+ConnectTarget = str | tuple[Any, ...]
+_ADDRESS_FORMS = "give host:port (a port of 0..65535) or unix:/path"
+_SUN_PATH_MAX = 107  # bytes of a Unix socket path (sockaddr_un.sun_path, NUL-terminated)
+
+
+async def connection_target(address: str) -> tuple[socket.AddressFamily, ConnectTarget]:
+    """What to connect to for *address* (``host:port``, ``[v6]:port`` or ``unix:/path``): the
+    family and a target ``connect()`` takes without resolving. A host name is resolved here,
+    in a worker thread, so a slow resolver holds up only this call. ValueError, saying what is
+    wrong, for anything else."""
+    if "\x00" in address:
+        raise ValueError(f"address {address!r} contains a NUL byte; {_ADDRESS_FORMS}")
+    if address.startswith("unix:"):
+        path = address.removeprefix("unix:").removeprefix("//")
+        if not path:
+            raise ValueError(f"address {address!r} has no path; give unix:/path")
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:
+            raise ValueError(
+                f"address {address!r}: a Unix socket path holds at most {_SUN_PATH_MAX} bytes"
+            )
+        return socket.AF_UNIX, path
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"address {address!r} is not usable; {_ADDRESS_FORMS}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, int(port), family=family, type=socket.SOCK_STREAM
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise ValueError(f"cannot resolve {address!r}: {reason}; check the host name") from None
+    return family, infos[0][4]
 
 
 class QueueClosedError(Exception):
@@ -130,25 +168,13 @@ class RemoteQueue:
                 gone.append(fd)
         return gone
 
-    def open_connection(self, address: str) -> int:
-        if address.startswith("unix:"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: object = address.removeprefix("unix:").removeprefix("//")
-        else:
-            host, sep, port = address.rpartition(":")
-            if not sep or not port.isdigit() or int(port) > 65535:
-                raise ValueError(
-                    f"address {address!r} is not host:port (port 0..65535) or unix:/path"
-                )
-            family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            target = (host.strip("[]"), int(port))
-        sock.setblocking(False)
+    def open_connection(self, family: socket.AddressFamily, target: ConnectTarget) -> int:
+        """Start a non-blocking connect to *target* (from ``connection_target``: a Unix path
+        or a numeric address, so nothing is resolved here, in the event loop)."""
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock.connect_ex(target)  # type: ignore[arg-type]
-        except socket.gaierror as exc:
-            sock.close()
-            raise ValueError(f"cannot resolve {address!r}: {exc.strerror}") from None
+            sock.setblocking(False)
+            sock.connect_ex(target)
         except BaseException:
             sock.close()
             raise

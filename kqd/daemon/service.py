@@ -24,10 +24,11 @@ from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from grpc._cython.cygrpc import ExecuteBatchError  # a write on a call already over
 
 from kqd.core import KQ_EV_DELETE, KQ_EV_ERROR, kevent
 from kqd.daemon.delivery_log import ResumeTooOldError
-from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue
+from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue, connection_target
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
 from kqd.wire import ERRNO_KEY, duration, fill_wire, from_wire, seconds_of, to_wire
 
@@ -246,6 +247,12 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 fill_wire(item.event, ev)
             try:
                 await asyncio.wait_for(context.write(response), STUCK_SECONDS)
+            except ExecuteBatchError:
+                # The call ended under the write: the client cancelled it (a consumer that
+                # stopped reading), its deadline passed or its connection broke. Nobody is left
+                # to answer, and gRPC sees the cancellation by itself: not a daemon error.
+                log.debug("queue %s: Wait stream gone at its client", short_id(queue.queue_id))
+                return
             except TimeoutError:
                 await abort(
                     context,
@@ -276,14 +283,21 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
 
     @rpc_errors
     async def OpenConnection(self, request, context):  # noqa: N802
-        fd = await self._open(request, context, lambda q: q.open_connection(request.address))
+        family, target = await connection_target(request.address)  # checked, resolved
+        fd = await self._open(request, context, lambda q: q.open_connection(family, target))
         return kqd_pb2.OpenConnectionResponse(fd=fd)
 
     @rpc_errors
     async def CloseDescriptor(self, request, context):  # noqa: N802
         async with self._using(request.queue_id, context) as queue:
-            if request.fd not in queue.descriptors:
-                raise OSError(errno.EBADF, f"descriptor {request.fd} is not open in this queue")
+            if request.fd not in queue.descriptors:  # NOT_FOUND, errno EBADF: the proto's answer
+                context.set_trailing_metadata(((ERRNO_KEY, str(errno.EBADF)),))
+                await abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"descriptor {request.fd} is not open in this queue [errno {errno.EBADF}]; "
+                    "use a descriptor Open, OpenPeerFd or OpenConnection returned",
+                )
             queue.close_descriptor(request.fd)
         return kqd_pb2.CloseDescriptorResponse()
 
