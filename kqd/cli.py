@@ -20,7 +20,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     tls_files = (args.tls_cert, args.tls_key, args.tls_client_ca)
     if any(tls_files) and not all(tls_files):
-        raise SystemExit("kqd serve: TLS needs all of --tls-cert, --tls-key and --tls-client-ca")
+        print(
+            "kqd serve: TLS needs all of --tls-cert, --tls-key and --tls-client-ca", file=sys.stderr
+        )
+        return 2
     policy = None
     if args.policy:
         try:

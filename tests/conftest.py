@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -67,17 +68,31 @@ class Daemon:
             pytest.fail(f"kqd serve did not exit within {WAIT_BOUND}s of SIGTERM")
 
 
-def start_daemon(directory: Path, *extra: str, log_level: str | None = None) -> Daemon:
-    """Start ``kqd serve``; with *log_level*, its log is captured for ``wait_for_log``."""
+def free_tcp_port() -> int:
+    """A loopback port nobody listens on now (the daemon under test binds it next)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_daemon(
+    directory: Path,
+    *extra: str,
+    log_level: str | None = None,
+    target: str | None = None,
+    tls: kqclient.TlsClientFiles | None = None,
+) -> Daemon:
+    """Start ``kqd serve`` on *target* (default: a Unix socket in *directory*); with
+    *log_level*, its log is captured for ``wait_for_log``; *tls*: how to reach a TLS target."""
     sock = directory / "kqd.sock"
-    target = f"unix://{sock}"
+    target = target or f"unix://{sock}"
     proc = subprocess.Popen(
         serve_command(target, *extra, log_level=log_level or "warning"),
         stderr=subprocess.PIPE if log_level else None,
         text=True,
     )
     try:
-        kqclient.wait_for_daemon(target, timeout=WAIT_BOUND)
+        kqclient.wait_for_daemon(target, timeout=WAIT_BOUND, tls=tls)
     except kqclient.DaemonUnavailable as exc:
         proc.kill()
         pytest.fail(str(exc))
