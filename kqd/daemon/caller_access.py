@@ -67,26 +67,16 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from kqd.core.linux import syscalls
 from kqd.daemon import caller_helper
 from kqd.daemon.caller_helper import ANSWER, MAX_PATH_BYTES, OP_CONNECT_UNIX, OP_OPEN, REQUEST
+from kqd.daemon.credentials import Credentials
 
 YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
 _IN_FLIGHT = 8  # per helper; below net.unix.max_dgram_qlen (10), so a send never waits
 _ANSWER_BYTES = ANSWER.size + 1024  # room for a failed start's reason
 _FD = struct.Struct("i")
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Who is calling, as the kernel reported it (SO_PEERCRED, SO_PEERGROUPS)."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]  # supplementary groups
-    pid: int | None = None  # the calling process, when known
 
 
 _Key = tuple[int, int, tuple[int, ...]]

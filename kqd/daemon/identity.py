@@ -22,7 +22,8 @@ from typing import Any
 
 import grpc
 
-from kqd.daemon.peer_relay import PeerCredentialRelay, PeerCredentials
+from kqd.daemon.credentials import Credentials
+from kqd.daemon.peer_relay import PeerCredentialRelay
 
 ANONYMOUS_TCP = "tcp:anonymous"
 
@@ -33,10 +34,10 @@ class Principal:
     identity the kernel gave (Unix socket), None for remote principals."""
 
     name: str
-    peer: PeerCredentials | None = None
+    peer: Credentials | None = None
 
     @classmethod
-    def local(cls, creds: PeerCredentials) -> Principal:
+    def local(cls, creds: Credentials) -> Principal:
         return cls(f"uid:{creds.uid}", creds)
 
 

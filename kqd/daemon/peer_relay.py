@@ -30,8 +30,9 @@ import socket
 import struct
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
+
+from kqd.daemon.credentials import Credentials
 
 log = logging.getLogger("kqd.daemon")
 
@@ -40,18 +41,8 @@ _CHUNK = 256 * 1024
 _MAX_GROUPS = 65536
 
 
-@dataclass(frozen=True)
-class PeerCredentials:
-    """What the kernel recorded of a Unix-socket peer when it connected."""
-
-    pid: int
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-
-def peer_credentials(sock: socket.socket) -> PeerCredentials:
-    """The credentials of *sock*'s peer, from the kernel."""
+def peer_credentials(sock: socket.socket) -> Credentials:
+    """The credentials of *sock*'s peer, as the kernel recorded them when it connected."""
     pid, uid, gid = struct.unpack(
         "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     )
@@ -60,7 +51,7 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
         groups = tuple(struct.unpack(f"{len(raw) // 4}I", raw))
     except OSError:  # before Linux 4.13: no groups beyond the primary one
         groups = ()
-    return PeerCredentials(pid, uid, gid, groups)
+    return Credentials(uid, gid, groups, pid)
 
 
 class _Pipe:
@@ -93,7 +84,7 @@ class PeerCredentialRelay:
         self.path = path
         self._dir = Path(tempfile.mkdtemp(prefix="kqd-relay-"))  # mode 0700, ours
         self.private_target = f"unix:{self._dir / 'grpc.sock'}"
-        self._peers: dict[str, PeerCredentials] = {}
+        self._peers: dict[str, Credentials] = {}
         self._lock = threading.Lock()
         self._names = 0
         self._selector = selectors.DefaultSelector()
@@ -109,7 +100,7 @@ class PeerCredentialRelay:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread.start()
 
-    def credentials(self, peer: str) -> PeerCredentials | None:
+    def credentials(self, peer: str) -> Credentials | None:
         """The caller behind gRPC's *peer* string, or None when it did not come through us."""
         with self._lock:
             return self._peers.get(peer)

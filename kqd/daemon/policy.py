@@ -110,6 +110,7 @@ from kqd.core.constants import (
     KQ_FILTER_VNODE,
     KQ_FILTER_WRITE,
 )
+from kqd.daemon.credentials import ROOT, Credentials
 from kqd.daemon.quotas import LIMIT_NAMES, Limits
 
 if TYPE_CHECKING:
@@ -160,16 +161,6 @@ class PolicyError(Exception):
         self.source, self.line, self.key, self.problem = source, line, key, problem
 
 
-@dataclass(frozen=True)
-class LocalIdentity:
-    """Whom kqd acts as for a principal: the credentials a helper process takes on."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]  # supplementary groups, sorted (may include gid)
-
-
-ROOT = LocalIdentity(0, 0, ())
 
 
 @dataclass(frozen=True)
@@ -249,7 +240,7 @@ class Rules:
     connect_unix: bool
     open_peer_fd: bool
     privileged: bool
-    identity: LocalIdentity | None
+    identity: Credentials | None
     quotas: Limits
 
     def filter_allowed(self, filter_value: int) -> bool:
@@ -322,7 +313,7 @@ class _Table:
     connect_unix: bool | None = None
     open_peer_fd: bool | None = None
     privileged: bool | None = None
-    identity: LocalIdentity | None = None  # tls:/tcp: tables with uid only
+    identity: Credentials | None = None  # tls:/tcp: tables with uid only
     quotas: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -448,10 +439,10 @@ class Policy:
         if peer is None:
             return self._resolve(principal.name, None)
         return self._resolve(
-            principal.name, LocalIdentity(peer.uid, peer.gid, tuple(sorted(set(peer.groups))))
+            principal.name, Credentials(peer.uid, peer.gid, tuple(sorted(set(peer.groups))))
         )
 
-    def _resolve_uncached(self, name: str, kernel: LocalIdentity | None) -> Rules:
+    def _resolve_uncached(self, name: str, kernel: Credentials | None) -> Rules:
         tables = ["defaults"]
         rules = self._defaults
         if kernel is not None:
@@ -767,7 +758,7 @@ class _Parser:
                 raise self.fail([*path, key], f"{value:,} is out of range: 0..{_MAX_QUOTA:,}")
         return dict(body)
 
-    def identity(self, path: list[str], uid: Any, gid: Any) -> LocalIdentity:
+    def identity(self, path: list[str], uid: Any, gid: Any) -> Credentials:
         """The local user a TLS or TCP principal acts as, from the user database now."""
         for key, value in (("uid", uid), ("gid", gid)):
             if value is None:
@@ -787,7 +778,7 @@ class _Parser:
                     f"uid {uid} has no entry in the user database; create the user, or give "
                     "its gid too (it then has no supplementary groups)",
                 ) from None
-            return LocalIdentity(uid, gid, ())
+            return Credentials(uid, gid, ())
         primary = entry.pw_gid if gid is None else gid
         groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, primary))))
-        return LocalIdentity(uid, primary, groups)
+        return Credentials(uid, primary, groups)

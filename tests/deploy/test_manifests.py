@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from kqd.core.constants import KQ_FILTER_SIGNAL
+from kqd.daemon.credentials import Credentials
 from kqd.daemon.identity import Principal
-from kqd.daemon.peer_relay import PeerCredentials
 from kqd.daemon.policy import Policy
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -169,8 +169,8 @@ def test_the_daemonset_policy_is_safe_for_every_caller() -> None:
     policy = Policy.load(DEPLOY / "policy" / "daemonset.toml")
     assert policy.principals == (), "no caller gets more than the defaults"
     callers = [
-        Principal.local(PeerCredentials(1, 65532, 65532, ())),  # kqd's own uid
-        Principal.local(PeerCredentials(1, 1000, 1000, (0, 4))),
+        Principal.local(Credentials(65532, 65532, (), 1)),  # kqd's own uid
+        Principal.local(Credentials(1000, 1000, (0, 4), 1)),
         Principal("tcp:anonymous"),
         Principal("tls:anyone"),
     ]

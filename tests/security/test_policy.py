@@ -21,16 +21,16 @@ from kqd.core.constants import (
     KQ_FILTER_VNODE,
     KQ_FILTER_WRITE,
 )
+from kqd.daemon.credentials import ROOT, Credentials
 from kqd.daemon.identity import Principal
-from kqd.daemon.peer_relay import PeerCredentials
-from kqd.daemon.policy import ROOT, ConnectRule, LocalIdentity, Policy, PolicyError
+from kqd.daemon.policy import ConnectRule, Policy, PolicyError
 from kqd.daemon.quotas import Limits
 
 POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policy"
 
 
 def unix(uid: int, gid: int | None = None, groups: tuple[int, ...] = ()) -> Principal:
-    return Principal.local(PeerCredentials(4242, uid, uid if gid is None else gid, groups))
+    return Principal.local(Credentials(uid, uid if gid is None else gid, groups, 4242))
 
 
 TLS_ALICE = Principal("tls:alice")
@@ -282,7 +282,7 @@ def test_group_tables_do_not_apply_to_tls_principals(full: Policy) -> None:
 
 def test_unix_callers_act_as_themselves(full: Policy) -> None:
     rules = full.for_principal(unix(1000, 1000, (27, 4, 27)))
-    assert rules.identity == LocalIdentity(1000, 1000, (4, 27))
+    assert rules.identity == Credentials(1000, 1000, (4, 27))
     assert rules.connect_unix and not rules.privileged
 
 
@@ -367,7 +367,7 @@ def test_tls_principal_mapped_to_a_local_user() -> None:
     policy = Policy.parse(f'[principal."tls:alice"]\nuid = {user.pw_uid}\n')
     rules = policy.for_principal(TLS_ALICE)
     groups = tuple(sorted(set(os.getgrouplist(user.pw_name, user.pw_gid))))
-    assert rules.identity == LocalIdentity(user.pw_uid, user.pw_gid, groups)
+    assert rules.identity == Credentials(user.pw_uid, user.pw_gid, groups)
     assert rules.path_decision("/etc/hosts") == "caller"
     assert rules.open_peer_fd and rules.connect_unix and not rules.privileged
 
@@ -385,7 +385,7 @@ def test_tls_mapping_to_a_uid_without_a_user() -> None:
     with pytest.raises(PolicyError, match="no entry in the user database"):
         Policy.parse(f'[principal."tls:alice"]\nuid = {uid}\n')
     policy = Policy.parse(f'[principal."tls:alice"]\nuid = {uid}\ngid = {uid}\n')
-    assert policy.for_principal(TLS_ALICE).identity == LocalIdentity(uid, uid, ())
+    assert policy.for_principal(TLS_ALICE).identity == Credentials(uid, uid, ())
 
 
 def _has_user(uid: int) -> bool:

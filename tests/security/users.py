@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from kqd.daemon.caller_access import Credentials
+from kqd.daemon.credentials import Credentials
 
 NAMES = ("kqd-test-a", "kqd-test-b")
 SHARED_GROUP = "kqd-test-shared"
