@@ -1,8 +1,8 @@
 """``python -m bench NAME [--quick] [--out DIR]``.
 
 scaling: the in-process core against select.poll (the kqueue paper's figure). all: every
-comparison against the tools users would pick instead (see bench/report.py). remote: the daemon
-next to the core only (exit and file latency, throughput). setup: install the peers.
+comparison against the tools users would pick instead, each section run --runs times (see
+bench/report.py). remote: the exit, file and throughput sections only. setup: install the peers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from bench import peers, report, scaling
 
-SECTIONS = ["exit", "file", "port", "wakeup", "idle", "memory", "throughput"]
+SECTIONS = list(report.SECTIONS)
+
 REMOTE_SECTIONS = {"exit", "file", "throughput"}
 
 
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few sizes and trials (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     parser.add_argument("--only", help=f"comma-separated sections of all: {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--runs", type=int, help="run every section this many times (default: 3, --quick: 1)"
+    )
     args = parser.parse_args(argv)
     if args.name == "setup":
         return peers.setup()
@@ -36,8 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(",")) if args.only else None
     if only and not only <= set(SECTIONS):
         parser.error(f"--only takes sections from: {', '.join(SECTIONS)}")
+    runs = args.runs or (1 if args.quick else 3)
+    if runs < 1:
+        parser.error("--runs takes a positive number")
     report.run(
-        quick=args.quick, out=args.out, only=REMOTE_SECTIONS if args.name == "remote" else only
+        quick=args.quick,
+        out=args.out,
+        runs=runs,
+        only=REMOTE_SECTIONS if args.name == "remote" else only,
     )
     return 0
 

@@ -1,4 +1,5 @@
-"""A ``kqd serve`` subprocess for benchmarks, on a Unix socket in a temporary directory."""
+"""A ``kqd serve`` subprocess for benchmarks, on a Unix socket in a temporary directory, with
+bench/policy.toml (quotas large enough for the benchmarks' loads)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import kqclient
 
 from kqd.daemon.server import serve_command
 
+POLICY = Path(__file__).with_name("policy.toml")
+
 
 @dataclass
 class Daemon:
@@ -21,12 +24,16 @@ class Daemon:
     pid: int
 
 
+def command(target: str) -> list[str]:
+    return serve_command(target, "--policy", str(POLICY))
+
+
 @contextlib.contextmanager
-def running_daemon(*extra: str) -> Iterator[Daemon]:
+def running_daemon() -> Iterator[Daemon]:
     """Start the daemon, yield its target and pid, stop it with SIGTERM."""
     with tempfile.TemporaryDirectory(prefix="kqd-bench-") as directory:
         target = f"unix://{Path(directory) / 'kqd.sock'}"
-        proc = subprocess.Popen(serve_command(target, *extra))
+        proc = subprocess.Popen(command(target))
         try:
             kqclient.wait_for_daemon(target, timeout=30)
             yield Daemon(target, proc.pid)

@@ -1,121 +1,118 @@
-"""Process exit -> notified: kqd (core, remote stream, kqctl pwait) and the tools users know."""
+"""Process exit -> notified: kqd (core, remote stream, kqctl pwait) and the tools users know.
+
+The process to wait for is blocked reading its stdin when the waiter starts; the event is one byte
+written to it. Commands are timed to their own exit.
+"""
 
 from __future__ import annotations
 
 import os
 import select
-import sys
-import threading
 from collections.abc import Callable
 
-from bench.peers import need_command, need_module
+from bench import waiting
+from bench.peers import kqctl, need_command, need_module
+from bench.rounds import interleaved
 from bench.session import Session
-from bench.waiting import Peer, exit_child, release, timed, timed_command
+from bench.stats import Table
+from bench.waiting import BOUND, Arm, Armed, Peer, Waiter, command, in_thread
 from kqd.core import KQ_EV_ADD, KQ_FILTER_PROC, KQ_NOTE_EXIT, kevent
 
 KILL0_INTERVAL = 0.1  # a typical `while kill -0 $pid; do sleep 0.1; done`
+PHASE = 1.0  # the longest polling period here: tail --pid looks once a second
 
 
-def _in_process(prepare: Callable[[int], Callable[[], object]]) -> Callable[[Session], int]:
-    """A trial for a waiter in this process: prepare(pid) registers and returns the wait."""
+def _exit_of(waiter_for: Callable[[int], Waiter]) -> Arm:
+    """Trials of a waiter that *waiter_for(pid)* starts for a ready process."""
 
-    def trial(session: Session) -> int:
-        child = exit_child()
-        wait = prepare(child.pid)
-        took = timed(lambda: release(child), wait)
-        child.wait()
-        return took
+    def arm() -> Armed:
+        child = waiting.exit_child()
+        try:
+            waiter = waiter_for(child.pid)
+        except BaseException:
+            waiting.reap(child)
+            raise
+        return Armed(lambda: waiting.release(child), waiter, lambda: waiting.reap(child))
 
-    return trial
-
-
-def _command(argv: Callable[[Session, int], list[str]]) -> Callable[[Session], int]:
-    def trial(session: Session) -> int:
-        child = exit_child()
-        took = timed_command(argv(session, child.pid), lambda: release(child))
-        child.wait()
-        return took
-
-    return trial
+    return arm
 
 
-def floor(session: Session) -> Callable[[], int]:
-    def prepare(pid: int) -> Callable[[], object]:
+def floor(session: Session) -> Arm:
+    def waiter(pid: int) -> Waiter:
         pidfd = os.pidfd_open(pid)
         ep = select.epoll()
         ep.register(pidfd, select.EPOLLIN)
+        waiter = in_thread(lambda: ep.poll(BOUND))
 
-        def wait() -> None:
-            ep.poll(30)
+        def close() -> None:
             ep.close()
             os.close(pidfd)
 
-        return wait
+        return Waiter(waiter.notified, close, waiter.waiting)
 
-    return lambda: _in_process(prepare)(session)
-
-
-def core(session: Session) -> Callable[[], int]:
-    def prepare(pid: int) -> Callable[[], object]:
-        session.core.control([kevent(pid, KQ_FILTER_PROC, KQ_EV_ADD, KQ_NOTE_EXIT)], 0)
-        return lambda: session.core.control(None, 1, 30)
-
-    return lambda: _in_process(prepare)(session)
+    return _exit_of(waiter)
 
 
-def remote_stream(session: Session) -> Callable[[], int]:
-    def prepare(pid: int) -> Callable[[], object]:
-        session.stream.kq.control([kevent(pid, KQ_FILTER_PROC, KQ_EV_ADD, KQ_NOTE_EXIT)], 0)
-        return session.stream.next_event
-
-    return lambda: _in_process(prepare)(session)
+def _exit_note(pid: int) -> list[kevent]:
+    return [kevent(pid, KQ_FILTER_PROC, KQ_EV_ADD, KQ_NOTE_EXIT)]
 
 
-def kqctl_pwait(session: Session) -> Callable[[], int]:
-    argv = [sys.executable, "-m", "kqclient.kqctl", "--target", session.target, "pwait"]
-    return lambda: _command(lambda s, pid: [*argv, str(pid)])(session)
+def core(session: Session) -> Arm:
+    def waiter(pid: int) -> Waiter:
+        session.core.control(_exit_note(pid), 0)
+        return in_thread(lambda: session.core.control(None, 1, BOUND))
+
+    return _exit_of(waiter)
 
 
-def pidwait(session: Session) -> Callable[[], int]:
+def remote_stream(session: Session) -> Arm:
+    def waiter(pid: int) -> Waiter:
+        session.stream.kq.control(_exit_note(pid), 0)
+        return in_thread(lambda: session.stream.next_event() is not None)
+
+    return _exit_of(waiter)
+
+
+def kqctl_pwait(session: Session) -> Arm:
+    # Quiet includes the daemon: kqctl waits quietly for its registration's answer too.
+    argv = [*kqctl(session.target), "pwait"]
+    return _exit_of(lambda pid: command([*argv, str(pid)], also=(session.daemon_pid,)))
+
+
+def pidwait(session: Session) -> Arm:
     exe = need_command("pidwait")
     pidfile = session.scratch / "pidwait.pid"
 
-    def argv(s: Session, pid: int) -> list[str]:
+    def waiter(pid: int) -> Waiter:
         pidfile.write_text(f"{pid}\n")
-        return [exe, "--pidfile", str(pidfile)]
+        return command([exe, "--pidfile", str(pidfile)])
 
-    return lambda: _command(argv)(session)
+    return _exit_of(waiter)
 
 
-def tail_pid(session: Session) -> Callable[[], int]:
+def tail_pid(session: Session) -> Arm:
     exe = need_command("tail")
-    return lambda: _command(lambda s, pid: [exe, f"--pid={pid}", "-f", "/dev/null"])(session)
+    return _exit_of(lambda pid: command([exe, f"--pid={pid}", "-f", "/dev/null"]))
 
 
-def kill0_loop(session: Session) -> Callable[[], int]:
+def kill0_loop(session: Session) -> Arm:
     script = f"while kill -0 $0 2>/dev/null; do sleep {KILL0_INTERVAL}; done"
-    return lambda: _command(lambda s, pid: ["sh", "-c", script, str(pid)])(session)
+    return _exit_of(lambda pid: command(["sh", "-c", script, str(pid)]))
 
 
-def psutil_wait(session: Session) -> Callable[[], int]:
+def psutil_wait(session: Session) -> Arm:
     need_module("psutil")
     import psutil
 
-    def prepare(pid: int) -> Callable[[], object]:
+    def waiter(pid: int) -> Waiter:
         proc = psutil.Process(pid)
-        done = threading.Event()
+        return in_thread(lambda: not psutil.wait_procs([proc], timeout=BOUND)[1])
 
-        def waiter() -> None:
-            psutil.wait_procs([proc], timeout=30)
-            done.set()
-
-        threading.Thread(target=waiter, daemon=True).start()
-        return lambda: done.wait(30)
-
-    return lambda: _in_process(prepare)(session)
+    return _exit_of(waiter)
 
 
 FLOOR = "in-process pidfd + epoll (floor)"
+CORE = "kqd core, in process"
 STREAM = "kqd client stream (Unix socket)"
 KQCTL = "kqctl pwait (command)"
 PIDWAIT = "pidwait (procps, command)"
@@ -123,11 +120,15 @@ TAIL = "tail --pid (command)"
 
 PEERS = [
     Peer(FLOOR, floor),
-    Peer("kqd core, in process", core),
+    Peer(CORE, core),
     Peer(STREAM, remote_stream),
-    Peer(KQCTL, kqctl_pwait, slow=True),
-    Peer(PIDWAIT, pidwait, slow=True),
+    Peer(KQCTL, kqctl_pwait),
+    Peer(PIDWAIT, pidwait),
     Peer("psutil.wait_procs, in process", psutil_wait),
-    Peer(f"kill -0 loop every {KILL0_INTERVAL}s (command)", kill0_loop, slow=True),
-    Peer(TAIL, tail_pid, slow=True),
+    Peer(f"kill -0 loop every {KILL0_INTERVAL}s (command)", kill0_loop),
+    Peer(TAIL, tail_pid),
 ]
+
+
+def measure(session: Session) -> list[Table]:
+    return [interleaved("exit", "Process exit -> notified", PEERS, session, PHASE)]

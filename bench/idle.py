@@ -1,5 +1,7 @@
 """Idle cost: the daemon's CPU with 10,000 registrations and nothing happening (nothing polls),
-next to tools that poll at their default intervals, over the same window."""
+next to tools that poll at their default intervals, over the same window; and what waiting on a
+refused port costs: kqctl wait-port (which retries every 2 ms through the session's daemon, so
+both count) next to wait-for-it and a retry loop."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import kqclient
 
 from bench import registrations
 from bench.daemon import running_daemon
-from bench.peers import Skip, need_command
+from bench.peers import Skip, kqctl, need_command
 from bench.procstat import cpu_seconds
 from bench.session import Session
+from bench.stats import Cell, Table
 
 # 10,000 registrations of every kind.
 USER, TIMER, VNODE, PROC = 8000, 1000, 500, 500
@@ -45,6 +48,7 @@ def _pollers(session: Session, watched_pid: int) -> list[tuple[str, subprocess.P
             ["sh", "-c", f"while kill -0 {watched_pid}; do sleep 0.1; done"],
         ),
         ("connect-retry loop every 0.1 s (Python)", [sys.executable, "-c", retry]),
+        (WAIT_PORT, [*kqctl(session.target), "wait-port", f"127.0.0.1:{port}"]),
     ]
     with contextlib.suppress(Skip):
         commands.append(
@@ -53,27 +57,37 @@ def _pollers(session: Session, watched_pid: int) -> list[tuple[str, subprocess.P
                 [need_command("wait-for-it"), "-q", "-t", "0", f"127.0.0.1:{port}"],
             )
         )
-    started = []
-    for name, argv in commands:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        session.cleanups.append(proc.kill)
-        started.append((name, proc))
-    return started
+    return [
+        (name, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for name, argv in commands
+    ]
 
 
-def measure(session: Session) -> list[tuple[str, float]]:
-    """(who, % of one core) over the window."""
+DAEMON = "kqd serve, 10,000 registrations"
+WAIT_PORT = "kqctl wait-port, refused port: kqctl"
+WAIT_PORT_DAEMON = "kqctl wait-port, refused port: its kqd serve"
+WAIT_FOR_IT = "wait-for-it (retries every 1 s)"
+
+
+def measure(session: Session) -> list[Table]:
+    """% of one core over the window, per process."""
     window = 5.0 if session.quick else 30.0
     sleepers = registrations.sleepers(PROC)
-    for proc in sleepers:
-        session.cleanups.append(proc.kill)
-    with running_daemon() as daemon, kqclient.connect(daemon.target) as client:
-        kq = client.kqueue()
-        _register_mix(kq, session, sleepers)
-        pollers = _pollers(session, sleepers[0].pid)
-        time.sleep(1.0)  # let start-up work finish before the window opens
-        pids = [("kqd serve, 10,000 registrations", daemon.pid)]
-        pids += [(name, proc.pid) for name, proc in pollers]
-        before = {pid: cpu_seconds(pid) for _, pid in pids}
-        time.sleep(window)
-        return [(name, 100 * (cpu_seconds(pid) - before[pid]) / window) for name, pid in pids]
+    pollers: list[tuple[str, subprocess.Popen]] = []
+    try:
+        with running_daemon() as daemon, kqclient.connect(daemon.target) as client:
+            _register_mix(client.kqueue(), session, sleepers)
+            pollers = _pollers(session, sleepers[0].pid)
+            time.sleep(1.0)  # let start-up work finish before the window opens
+            pids = [(DAEMON, daemon.pid), *((name, p.pid) for name, p in pollers)]
+            pids.append((WAIT_PORT_DAEMON, session.daemon_pid))
+            before = {pid: cpu_seconds(pid) for _, pid in pids}
+            time.sleep(window)
+            rows: dict[str, list[Cell] | str] = {
+                name: [100 * (cpu_seconds(pid) - before[pid]) / window] for name, pid in pids
+            }
+    finally:
+        for _, proc in [*pollers, *(("", p) for p in sleepers)]:
+            proc.kill()
+            proc.wait()
+    return [Table("idle", "Idle CPU (% of one core)", ["process", "CPU %"], rows)]

@@ -16,11 +16,12 @@ from bench import registrations
 from bench.daemon import running_daemon
 from bench.procstat import rss_bytes
 from bench.session import Session
+from bench.stats import Cell, Table
 from kqd.core import kevent
 
 
-def measure(session: Session) -> list[tuple[str, int, float]]:
-    """(filter, knotes, bytes of daemon RSS per knote)."""
+def measure(session: Session) -> list[Table]:
+    """Per filter: knotes, bytes of daemon RSS per knote."""
     scale = 10 if session.quick else 1
     files = session.scratch / "memory"
     sleepers: list[subprocess.Popen] = []
@@ -35,7 +36,7 @@ def measure(session: Session) -> list[tuple[str, int, float]]:
         ("VNODE", 5_000 // scale, lambda kq, n: registrations.vnode(kq, files / kq.queue_id, n)),
         ("PROC", 1_000 // scale, proc),
     ]
-    rows = []
+    rows: dict[str, list[Cell] | str] = {}
     try:
         with running_daemon() as daemon, kqclient.connect(daemon.target) as client:
             warm = client.kqueue()  # the first queue pays for imports and pools
@@ -44,9 +45,10 @@ def measure(session: Session) -> list[tuple[str, int, float]]:
                 kq = client.kqueue()
                 before = rss_bytes(daemon.pid)
                 registrations.batched(kq, make(kq, n))
-                rows.append((name, n, (rss_bytes(daemon.pid) - before) / n))
+                rows[name] = [n, (rss_bytes(daemon.pid) - before) / n]
     finally:
         for p in sleepers:
             p.kill()
             p.wait()
-    return rows
+    header = ["filter", "knotes", "RSS bytes per knote"]
+    return [Table("memory", "Daemon memory per knote", header, rows, fmt="{:,.0f}")]

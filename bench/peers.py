@@ -11,6 +11,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 DEBIAN_PACKAGES = ["procps", "coreutils", "inotify-tools", "watchman", "wait-for-it"]
 PYPI_PACKAGES = ["psutil>=7.2.2", "watchdog", "pywatchman", "matplotlib"]
@@ -30,6 +31,13 @@ def need_command(name: str) -> str:
 def need_module(name: str) -> None:
     if importlib.util.find_spec(name) is None:
         raise Skip(f"Python module {name} is not installed (python -m bench setup)")
+
+
+def kqctl(target: str) -> list[str]:
+    """kqctl as users run it: the installed entry point next to this interpreter."""
+    installed = Path(sys.executable).with_name("kqctl")
+    command = [str(installed)] if installed.exists() else [sys.executable, "-m", "kqclient.kqctl"]
+    return [*command, "--target", target]
 
 
 def setup() -> int:

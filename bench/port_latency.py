@@ -1,77 +1,80 @@
 """Port becomes connectable -> notified: kqctl wait-port next to wait-for-it and a retry loop.
 
-No kernel event says "someone started listening", so every tool retries; the benchmark binds a
-port, starts the waiter, and times from listen() to the waiter knowing.
+No kernel event says "someone started listening", so every tool retries. A trial binds a port
+(connecting to it is refused), starts the waiter, lets it fail once and pause before its next try
+(bench/ready.py), and times from listen() to the waiter knowing.
 """
 
 from __future__ import annotations
 
 import socket
-import sys
-import threading
 import time
 from collections.abc import Callable
 
-from bench.peers import need_command
+from bench import ready
+from bench.peers import kqctl, need_command
+from bench.rounds import interleaved
 from bench.session import Session
-from bench.waiting import BOUND, Peer, settle, timed, timed_command
+from bench.stats import Table
+from bench.waiting import BOUND, Arm, Armed, Peer, Waiter, command, in_thread
 
 RETRY_INTERVAL = 0.1  # a typical connect-retry loop
-
-Trial = Callable[[], int]
-
-
-def _bound() -> socket.socket:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    return server
+PHASE = 1.0  # the longest polling period here: wait-for-it tries once a second
 
 
-def _command(argv: Callable[[str], list[str]]) -> Trial:
-    def trial() -> int:
-        with _bound() as server:
-            address = f"127.0.0.1:{server.getsockname()[1]}"
-            return timed_command(argv(address), server.listen)
+def _listen_on(waiter_for: Callable[[tuple[str, int]], Waiter]) -> Arm:
+    def arm() -> Armed:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        try:
+            waiter = waiter_for(server.getsockname())
+        except BaseException:
+            server.close()
+            raise
+        return Armed(server.listen, waiter, server.close)
 
-    return trial
+    return arm
 
 
-def kqctl_wait_port(session: Session) -> Trial:
-    base = [sys.executable, "-m", "kqclient.kqctl", "--target", session.target, "wait-port"]
-    return _command(lambda address: [*base, "-t", str(BOUND), address])
+def _waiting_command(argv: Callable[[str], list[str]]) -> Arm:
+    return _listen_on(lambda a: command(argv(f"{a[0]}:{a[1]}"), readiness=ready.pausing))
 
 
-def wait_for_it(session: Session) -> Trial:
+def kqctl_wait_port(session: Session) -> Arm:
+    base = [*kqctl(session.target), "wait-port", "-t", str(BOUND)]
+    return _waiting_command(lambda address: [*base, address])
+
+
+def wait_for_it(session: Session) -> Arm:
     exe = need_command("wait-for-it")
-    return _command(lambda address: [exe, "-q", "-t", str(int(BOUND)), address])
+    return _waiting_command(lambda address: [exe, "-q", "-t", str(int(BOUND)), address])
 
 
-def retry_loop(session: Session) -> Trial:
-    def trial() -> int:
-        with _bound() as server:
-            address = server.getsockname()
-            done = threading.Event()
+def retry_loop(session: Session) -> Arm:
+    def waiter(address: tuple[str, int]) -> Waiter:
+        def loop() -> bool:
+            deadline = time.monotonic() + BOUND
+            while time.monotonic() < deadline:
+                with socket.socket() as probe:
+                    if probe.connect_ex(address) == 0:
+                        return True
+                time.sleep(RETRY_INTERVAL)
+            return False
 
-            def loop() -> None:
-                while True:
-                    with socket.socket() as probe:
-                        if probe.connect_ex(address) == 0:
-                            done.set()
-                            return
-                    time.sleep(RETRY_INTERVAL)
+        return in_thread(loop, readiness=ready.pausing)
 
-            threading.Thread(target=loop, daemon=True).start()
-            settle()
-            return timed(server.listen, lambda: done.wait(BOUND))
-
-    return trial
+    return _listen_on(waiter)
 
 
 KQCTL = "kqctl wait-port (command)"
 WAIT_FOR_IT = "wait-for-it (command)"
 
 PEERS = [
-    Peer(KQCTL, kqctl_wait_port, slow=True),
-    Peer(f"connect-retry loop every {RETRY_INTERVAL}s, in process", retry_loop, slow=True),
-    Peer(WAIT_FOR_IT, wait_for_it, slow=True),
+    Peer(KQCTL, kqctl_wait_port),
+    Peer(f"connect-retry loop every {RETRY_INTERVAL}s, in process", retry_loop),
+    Peer(WAIT_FOR_IT, wait_for_it),
 ]
+
+
+def measure(session: Session) -> list[Table]:
+    return [interleaved("port", "Port connectable -> notified", PEERS, session, PHASE)]

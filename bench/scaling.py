@@ -179,7 +179,7 @@ def _plot(rows: list[tuple[int, float, float | None, float | None]], path: Path)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series = [(1, "kqd core, USER knotes"), (2, "kqd core, READ on eventfds"), (3, "select.poll")]
     for index, label in series:
-        points = [(row[0], row[index]) for row in rows if row[index] is not None]
+        points = [(row[0], value) for row in rows if (value := row[index]) is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -38,6 +38,7 @@ class RemoteStream:
 @dataclass
 class Session:
     target: str
+    daemon_pid: int
     client: kqclient.Client
     stream: RemoteStream
     core: kqueue
@@ -54,7 +55,9 @@ def session(quick: bool) -> Iterator[Session]:
         kqueue() as core,
         tempfile.TemporaryDirectory(prefix="kqd-bench-") as scratch,
     ):
-        run = Session(daemon.target, client, RemoteStream(client), core, Path(scratch), quick)
+        run = Session(
+            daemon.target, daemon.pid, client, RemoteStream(client), core, Path(scratch), quick
+        )
         try:
             yield run
         finally:

@@ -13,6 +13,7 @@ import statistics
 import time
 
 from bench.session import Session
+from bench.stats import Cell, Table
 from kqd.core import KQ_EV_ADD, KQ_EV_CLEAR, KQ_FILTER_USER, KQ_NOTE_TRIGGER, kevent
 
 SIZES = [10, 100, 1_000, 10_000, 50_000]
@@ -61,7 +62,12 @@ def poll_cost_us(n: int, rounds: int) -> float | None:
             os.close(fd)
 
 
-def measure(session: Session) -> list[tuple[int, float, float | None]]:
+def measure(session: Session) -> list[Table]:
     sizes = QUICK_SIZES if session.quick else SIZES
     rounds = 50 if session.quick else 300
-    return [(n, remote_cost_us(session, n, rounds), poll_cost_us(n, rounds)) for n in sizes]
+    rows: dict[str, list[Cell] | str] = {
+        f"{n:,}": [remote_cost_us(session, n, rounds), poll_cost_us(n, rounds)] for n in sizes
+    }
+    header = ["N registered", "kqd remote control()", "select.poll over N descriptors"]
+    title = "Wake-up cost vs registrations (µs, median)"
+    return [Table("wakeup", title, header, rows, fmt="{:,.1f}")]
