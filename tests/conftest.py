@@ -101,8 +101,16 @@ def start_daemon(
 
 @pytest.fixture(scope="session")
 def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real ``kqd serve`` for the whole session."""
-    daemon = start_daemon(tmp_path_factory.mktemp("kqd"))
+    """One real ``kqd serve`` for the whole session. Every test calls it as the same principal
+    (this process's uid), so the session's queues and changes add up in one principal's
+    quotas: the policy raises them out of the way (tests/security tests quotas on their own)."""
+    directory = tmp_path_factory.mktemp("kqd")
+    policy = directory / "policy.toml"
+    policy.write_text(
+        "[defaults.quotas]\nqueues = 100000\nchanges_per_second = 100000000\n"
+        "min_timer_period_ms = 0\n"
+    )
+    daemon = start_daemon(directory, "--policy", str(policy))
     yield daemon.target
     assert daemon.stop() == 0, "kqd serve did not exit cleanly on SIGTERM"
 

@@ -23,7 +23,7 @@ the ``[defaults]`` values shown here::
     open_peer_fd = true              # OpenPeerFd (the kernel's ptrace rule, as the caller)
 
     [defaults.quotas]                # see kqd/daemon/quotas.py; each key can be set alone
-    queues = 64
+    queues = 1024
     knotes = 100000
     descriptors = 1024
     streams = 64
@@ -262,6 +262,13 @@ class Rules:
         if self.privileged:
             return "granted"
         return "deny" if self.identity is None else "caller"
+
+    def may_grant(self, path: str) -> bool:
+        """Could an Open of *path*, as the client wrote it, fall under ``paths_granted``? A
+        first look only (the path is not resolved yet): ``path_decision`` on the real path of
+        what was opened decides."""
+        canonical = _canonical(posixpath.normpath(path))
+        return canonical is not None and _under(canonical, self.paths_granted)
 
     def connect_allowed(self, ip: str, port: int) -> bool:
         """May this principal OpenConnection to *ip* (numeric, v4 or v6) and *port*?"""

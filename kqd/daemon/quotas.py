@@ -13,7 +13,7 @@ overrides them per principal under ``quotas``):
 =====================  ===========  ====================================================
 quota                  default      what it counts
 =====================  ===========  ====================================================
-queues                 64           queues the principal has open (CreateQueue)
+queues                 1,024        queues the principal has open (CreateQueue)
 knotes                 100,000      knotes registered in all its queues
 descriptors            1,024        descriptors in its queues' tables (Open, OpenPeerFd,
                                     OpenConnection); also charged to the daemon's budget
@@ -90,7 +90,7 @@ PRINCIPAL_SHARE = 0.5
 class Limits:
     """One principal's limits (see the module docstring for what each counts)."""
 
-    queues: int = 64
+    queues: int = 1024
     knotes: int = 100_000
     descriptors: int = 1024
     streams: int = 64

@@ -16,15 +16,12 @@ Descriptor idents are confined to the queue's own table.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
 import secrets
-import socket
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from kqd.core import (
     KQ_EV_DELETE,
@@ -37,46 +34,11 @@ from kqd.core import (
 )
 from kqd.core.linux import syscalls
 from kqd.daemon.delivery_log import DeliveryLog
+from kqd.daemon.quotas import Usage
 from kqd.daemon.readiness import Readiness
 
 FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
 _NOT_A_DESCRIPTOR = 2**62
-
-
-ConnectTarget = str | tuple[Any, ...]
-_ADDRESS_FORMS = "give host:port (a port of 0..65535) or unix:/path"
-_SUN_PATH_MAX = 107  # bytes of a Unix socket path (sockaddr_un.sun_path, NUL-terminated)
-
-
-async def connection_target(address: str) -> tuple[socket.AddressFamily, ConnectTarget]:
-    """What to connect to for *address* (``host:port``, ``[v6]:port`` or ``unix:/path``): the
-    family and a target ``connect()`` takes without resolving. A host name is resolved here,
-    in a worker thread, so a slow resolver holds up only this call. ValueError, saying what is
-    wrong, for anything else."""
-    if "\x00" in address:
-        raise ValueError(f"address {address!r} contains a NUL byte; {_ADDRESS_FORMS}")
-    if address.startswith("unix:"):
-        path = address.removeprefix("unix:").removeprefix("//")
-        if not path:
-            raise ValueError(f"address {address!r} has no path; give unix:/path")
-        if len(os.fsencode(path)) > _SUN_PATH_MAX:
-            raise ValueError(
-                f"address {address!r}: a Unix socket path holds at most {_SUN_PATH_MAX} bytes"
-            )
-        return socket.AF_UNIX, path
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"address {address!r} is not usable; {_ADDRESS_FORMS}")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, int(port), family=family, type=socket.SOCK_STREAM
-        )
-    except (socket.gaierror, UnicodeError) as exc:
-        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-        raise ValueError(f"cannot resolve {address!r}: {reason}; check the host name") from None
-    return family, infos[0][4]
 
 
 class QueueClosedError(Exception):
@@ -86,8 +48,15 @@ class QueueClosedError(Exception):
 class RemoteQueue:
     """What a client's queue is on the daemon's side (see the module docstring)."""
 
-    def __init__(self, lease: float) -> None:
+    # Descriptors a queue holds besides its table: the kqueue's epoll, eventfd and timerfd.
+    OWN_DESCRIPTORS = 3
+
+    def __init__(self, lease: float, owner: str, usage: Usage) -> None:
+        """A queue of principal *owner*, whose *usage* has been charged for the queue and
+        OWN_DESCRIPTORS; close() gives that back, with the table's descriptors."""
         self.queue_id = secrets.token_urlsafe(24)  # 192 random bits
+        self.owner = owner
+        self.usage = usage
         self.kq = kqueue()
         self.lease = lease
         self.descriptors: set[int] = set()
@@ -122,6 +91,9 @@ class RemoteQueue:
         self.kq.close()
         for fd in self.descriptors:
             os.close(fd)
+        self.usage.release("descriptors", len(self.descriptors))
+        self.usage.release("queues", 1)
+        self.usage.release_daemon_fds(self.OWN_DESCRIPTORS)
         self.descriptors.clear()
         self.peer_fds.clear()
 
@@ -131,23 +103,12 @@ class RemoteQueue:
 
     # ------------------------------------------------------------------ descriptors
 
-    def open_path(self, path: str) -> int:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    def adopt(self, fd: int, peer: tuple[int, int] | None = None) -> int:
+        """Take *fd* into the queue's table (its "descriptors" quota is already charged);
+        *peer*: (pid, fd) when it duplicates another process's descriptor."""
         self.descriptors.add(fd)
-        return fd
-
-    def open_peer_fd(self, pid: int, target_fd: int) -> int:
-        try:
-            pidfd = os.pidfd_open(pid)
-            try:
-                fd = syscalls.pidfd_getfd(pidfd, target_fd)
-            finally:
-                os.close(pidfd)
-        except OSError as exc:
-            what = f"descriptor {target_fd} of process {pid}"
-            raise OSError(exc.errno, exc.strerror, what) from None
-        self.descriptors.add(fd)
-        self.peer_fds[fd] = (pid, target_fd)
+        if peer is not None:
+            self.peer_fds[fd] = peer
         return fd
 
     def release_abandoned_peer_fds(self) -> list[int]:
@@ -168,20 +129,6 @@ class RemoteQueue:
                 gone.append(fd)
         return gone
 
-    def open_connection(self, family: socket.AddressFamily, target: ConnectTarget) -> int:
-        """Start a non-blocking connect to *target* (from ``connection_target``: a Unix path
-        or a numeric address, so nothing is resolved here, in the event loop)."""
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.connect_ex(target)
-        except BaseException:
-            sock.close()
-            raise
-        fd = sock.detach()
-        self.descriptors.add(fd)
-        return fd
-
     def close_descriptor(self, fd: int) -> None:
         """Close *fd* of the queue's table, dropping its knotes first (as close(2) does)."""
         self.kq.control(
@@ -192,6 +139,7 @@ class RemoteQueue:
         self.descriptors.remove(fd)
         self.peer_fds.pop(fd, None)
         os.close(fd)
+        self.usage.release("descriptors", 1)
 
     # ------------------------------------------------------------------ events
 

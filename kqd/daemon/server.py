@@ -11,9 +11,12 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from kqd.daemon.authorizer import Authorizer
+from kqd.daemon.caller_access import CallerAccess
 from kqd.daemon.identity import IdentityInterceptor
 from kqd.daemon.listeners import ListenError, Listeners, TlsFiles
-from kqd.daemon.policy import Policy
+from kqd.daemon.policy import Policy, PolicyError
+from kqd.daemon.quotas import Accounts, raise_nofile_limit
 from kqd.daemon.reflection import enable_reflection
 from kqd.daemon.service import KQueueService
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
@@ -46,6 +49,19 @@ def serve_command(target: str, *extra: str, log_level: str = "warning") -> list[
     ]
 
 
+def reload_policy(authorizer: Authorizer) -> None:
+    """SIGHUP: read the policy file again; one that does not load leaves the old one in force."""
+    source = authorizer.policy.source
+    if source is None:
+        return  # the built-in defaults: nothing to read again
+    try:
+        authorizer.policy = Policy.load(source)
+    except PolicyError as exc:
+        log.error("policy not reloaded, the previous one stays in force: %s", exc)
+        return
+    log.info("policy reloaded: %s", authorizer.policy.describe())
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     listen: list[str]
@@ -60,7 +76,10 @@ async def serve(options: ServeOptions) -> int:
     listeners = Listeners(options.tls, options.insecure_tcp)
     identity = IdentityInterceptor((SERVICE_NAME,), listeners.relays)
     server = grpc.aio.server(options=_OPTIONS, interceptors=[identity])
-    service = KQueueService(options.lease)
+    raise_nofile_limit()
+    access = CallerAccess()
+    authorizer = Authorizer(options.policy or Policy.default(), access)
+    service = KQueueService(options.lease, authorizer, Accounts())
     kqd_pb2_grpc.add_KQueueServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -82,6 +101,7 @@ async def serve(options: ServeOptions) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_policy, authorizer)
     housekeeping = asyncio.create_task(service.housekeeping())
     await stop.wait()
     log.info("shutting down: NOT_SERVING, then a %ss grace period for streams", options.grace)
@@ -90,5 +110,6 @@ async def serve(options: ServeOptions) -> int:
     housekeeping.cancel()
     await server.stop(options.grace)
     listeners.close()
+    access.close()
     log.info("kqd stopped")
     return 0

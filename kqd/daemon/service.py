@@ -18,6 +18,7 @@ import asyncio
 import errno
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,8 +28,13 @@ import grpc
 from grpc._cython.cygrpc import ExecuteBatchError  # a write on a call already over
 
 from kqd.core import KQ_EV_DELETE, KQ_EV_ERROR, kevent
+from kqd.daemon.admission import KnoteAdmission
+from kqd.daemon.authorizer import Authorizer
+from kqd.daemon.connections import connection_target
 from kqd.daemon.delivery_log import ResumeTooOldError
-from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue, connection_target
+from kqd.daemon.identity import Principal, current_principal
+from kqd.daemon.quotas import Accounts, QuotaExceeded
+from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
 from kqd.wire import ERRNO_KEY, duration, fill_wire, from_wire, seconds_of, to_wire
 
@@ -91,6 +97,10 @@ def rpc_errors(handler: Handler) -> Handler:
             return await handler(self, request, context)
         except grpc.aio.AbortError:
             raise
+        except QuotaExceeded as exc:
+            if exc.errno is not None:
+                context.set_trailing_metadata(((ERRNO_KEY, str(exc.errno)),))
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except OSError as exc:
             await abort_os_error(context, exc, name if exc.filename is None else exc.filename)
         except (ValueError, OverflowError, TypeError) as exc:
@@ -103,17 +113,27 @@ def rpc_errors(handler: Handler) -> Handler:
 
 
 class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
-    def __init__(self, lease: float) -> None:
+    def __init__(self, lease: float, authorizer: Authorizer, accounts: Accounts) -> None:
         self.lease = lease
+        self.authorizer = authorizer
+        self.accounts = accounts
         self.queues: dict[str, RemoteQueue] = {}
         self.stopping = False
+
+    @staticmethod
+    def _caller() -> Principal:
+        return current_principal.get()
 
     @asynccontextmanager
     async def _using(
         self, queue_id: str, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[RemoteQueue]:
-        """The queue *queue_id*, held for the duration of a call (see the module docstring)."""
+        """The caller's queue *queue_id*, held for the duration of a call (see the module
+        docstring). Another principal's queue does not exist for the caller: the same NOT_FOUND
+        as a wrong id."""
         queue = self.queues.get(queue_id)
+        if queue is not None and queue.owner != self._caller().name:
+            queue = None
         if queue is None:
             if self.stopping:
                 await abort(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
@@ -143,6 +163,9 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{len(changes)} changes in one call; the limit is {MAX_CHANGES}: split them",
             )
+        caller = self._caller()
+        rate = self.authorizer.rules(caller).quotas.changes_per_second
+        self.accounts.usage(caller.name).take_changes(len(changes), rate)
         out = []
         for change in changes:
             if len(change.udata) > MAX_UDATA:
@@ -160,9 +183,18 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         lease = self.lease
         if request.HasField("lease"):
             lease = min(lease, seconds_of(request.lease, "lease"))
-        queue = RemoteQueue(lease)
+        caller = self._caller()
+        rules = self.authorizer.rules(caller)
+        usage = self.accounts.usage(caller.name)
+        with usage.bill() as bill:
+            bill.charge("queues", 1, rules.quotas.queues)
+            bill.charge_daemon_fds(RemoteQueue.OWN_DESCRIPTORS)
+            queue = RemoteQueue(lease, caller.name, usage)
+        queue.kq.admission = KnoteAdmission(
+            caller.name, lambda: self.authorizer.rules(caller), usage
+        )
         self.queues[queue.queue_id] = queue
-        log.debug("queue %s created (lease %ss)", short_id(queue.queue_id), lease)
+        log.debug("%s created queue %s (lease %ss)", caller.name, short_id(queue.queue_id), lease)
         return kqd_pb2.CreateQueueResponse(queue_id=queue.queue_id, lease=duration(lease))
 
     @rpc_errors
@@ -210,6 +242,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
     async def Wait(self, request, context):  # noqa: N802
         batch = min(request.max_batch or DEFAULT_BATCH, MAX_EVENTS)
         after = request.after_sequence
+        caller = self._caller()
+        streams = self.authorizer.rules(caller).quotas.streams
         async with self._using(request.queue_id, context) as queue:
             if after > queue.log.last_sequence:
                 raise ValueError(
@@ -217,7 +251,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                     f"{queue.log.last_sequence}: resume after a number this queue delivered"
                 )
             try:
-                await self._send_events(queue, after, batch, context)
+                with self.accounts.usage(caller.name).borrow("streams", 1, streams):
+                    await self._send_events(queue, after, batch, context)
             except QueueClosedError:
                 if not self.stopping:
                     raise
@@ -263,13 +298,32 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
             if items:
                 after = items[-1][0]
 
-    async def _open(self, request, context, opener: Callable[[RemoteQueue], int]) -> int:
+    async def _adopt(
+        self,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        opener: Callable[[Principal], Awaitable[int]],
+        peer: tuple[int, int] | None = None,
+    ) -> int:
+        """Open a descriptor for the caller (charged to its "descriptors" quota) into its
+        queue's table."""
+        caller = self._caller()
+        limit = self.authorizer.rules(caller).quotas.descriptors
         async with self._using(request.queue_id, context) as queue:
-            return opener(queue)
+            with self.accounts.usage(caller.name).hold("descriptors", 1, limit):
+                fd = await opener(caller)
+                if queue.closed_because is not None:  # closed while the open was under way
+                    os.close(fd)
+                    queue.check_open()
+                return queue.adopt(fd, peer)
 
     @rpc_errors
     async def Open(self, request, context):  # noqa: N802
-        fd = await self._open(request, context, lambda q: q.open_path(request.path))
+        if not request.path.startswith("/"):
+            raise ValueError(f"path {request.path!r} is not absolute; give the whole path")
+        fd = await self._adopt(
+            request, context, lambda caller: self.authorizer.open_path(caller, request.path)
+        )
         return kqd_pb2.OpenResponse(fd=fd)
 
     @rpc_errors
@@ -278,13 +332,21 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
             raise ValueError(f"pid {request.pid} is out of range: 1..{MAX_PID}")
         if request.fd > MAX_FD:
             raise ValueError(f"fd {request.fd} is out of range: 0..{MAX_FD}")
-        fd = await self._open(request, context, lambda q: q.open_peer_fd(request.pid, request.fd))
+
+        async def getfd(caller: Principal) -> int:
+            return self.authorizer.open_peer_fd(caller, request.pid, request.fd)
+
+        fd = await self._adopt(request, context, getfd, peer=(request.pid, request.fd))
         return kqd_pb2.OpenPeerFdResponse(fd=fd)
 
     @rpc_errors
     async def OpenConnection(self, request, context):  # noqa: N802
         family, target = await connection_target(request.address)  # checked, resolved
-        fd = await self._open(request, context, lambda q: q.open_connection(family, target))
+
+        async def connect(caller: Principal) -> int:
+            return await self.authorizer.open_connection(caller, request.address, family, target)
+
+        fd = await self._adopt(request, context, connect)
         return kqd_pb2.OpenConnectionResponse(fd=fd)
 
     @rpc_errors

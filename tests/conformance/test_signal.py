@@ -148,9 +148,19 @@ def test_a_handler_installed_later_is_left_in_place(kq, local) -> None:
     [0, 65, 500, 2**32, 2**64 - 1, signal.SIGKILL, signal.SIGSTOP, 32, 33],
     ids=["0", "65", "500", "2**32", "2**64-1", "SIGKILL", "SIGSTOP", "glibc-32", "glibc-33"],
 )
-def test_any_signal_number_is_accepted_and_never_fires(kq, signum: int) -> None:
+def test_any_signal_number_is_accepted_and_never_fires(backend, kq, signum: int) -> None:
     """FreeBSD checks no range: a number no process can see a signal for never fires."""
+    if not backend.local:
+        pytest.skip("the daemon refuses SIGNAL knotes (test_signal_knotes_are_refused_remotely)")
     assert kq.control([sig(signum, KQ_EV_ADD | KQ_EV_RECEIPT)], 1, 0)[0].data == 0
     assert kq.control(None, 4, 0) == []
     assert kq.control([sig(signum, KQ_EV_DELETE | KQ_EV_RECEIPT)], 1, 0)[0].data == 0
     assert kq.control([sig(signum, KQ_EV_DELETE)], 1, 0)[0].data == errno.ENOENT
+
+
+def test_signal_knotes_are_refused_remotely(backend, kq) -> None:
+    """Over the wire a SIGNAL knote would watch the daemon's own signals: EPERM, per change."""
+    if backend.local:
+        pytest.skip("in process, the signals are the caller's own")
+    receipt = kq.control([sig(signal.SIGUSR1, KQ_EV_ADD | KQ_EV_RECEIPT)], 1, 0)[0]
+    assert receipt.data == errno.EPERM

@@ -288,7 +288,14 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
     directory = tmp_path_factory.mktemp("fuzz")
     watched = directory / "watched"
     watched.write_bytes(b"some bytes")
-    daemon = start_daemon(directory, log_level="debug")
+    # Quotas high enough that the fuzzer's thousands of calls test input handling, not quotas
+    # (tests/security covers those).
+    policy = directory / "policy.toml"
+    policy.write_text(
+        "[defaults.quotas]\nqueues = 100000\nchanges_per_second = 100000000\n"
+        "min_timer_period_ms = 0\n"
+    )
+    daemon = start_daemon(directory, "--policy", str(policy), log_level="debug")
     log: list[str] = []
     drainer = threading.Thread(target=_drain, args=(daemon.process.stderr, log), daemon=True)
     drainer.start()
@@ -603,12 +610,15 @@ OPEN_PATHS = [
 @FUZZ_SETTINGS
 @given(data=st.data(), path=st.one_of(st.sampled_from(OPEN_PATHS), st.text(max_size=64)))
 def test_open(fuzz: Fuzz, data: st.DataObject, path: str) -> None:
-    """Open: NOT_FOUND for a missing path or queue, INVALID_ARGUMENT for a path no file can
+    """Open: INVALID_ARGUMENT for a path that is not absolute (checked first, as every
+    argument), NOT_FOUND for a missing path or queue, INVALID_ARGUMENT for a path no file can
     have (a NUL byte, too long), PERMISSION_DENIED where the host refuses."""
     queue_id = draw_queue(data, fuzz.queue_id)
     request = kqd_pb2.OpenRequest(queue_id=queue_id, path=path)
     code, details = fuzz.call("Open", request)
-    if not known(queue_id, fuzz):
+    if not path.startswith("/"):
+        allowed = exactly(Code.INVALID_ARGUMENT)
+    elif not known(queue_id, fuzz):
         allowed = exactly(Code.NOT_FOUND)
     elif "\x00" in path:
         allowed = exactly(Code.INVALID_ARGUMENT)

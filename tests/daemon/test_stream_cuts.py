@@ -275,7 +275,9 @@ def test_stream_through_cut_connections_delivers_each_event_once(
     rng = random.Random(SEED)
     deadline = time.monotonic() + STREAM_BOUND
     with (
-        kqclient.connect(logged_daemon.target) as direct,
+        # Both over TCP: the queue belongs to the principal that made it (tcp:anonymous here),
+        # and to a Unix-socket caller (uid:N) it would not exist.
+        kqclient.connect(f"127.0.0.1:{logged_daemon.tcp_port}") as direct,
         kqclient.connect(f"127.0.0.1:{proxy.port}") as cut,
     ):
         producer_kq = direct.kqueue()

@@ -48,7 +48,7 @@ def alice(accounts: Accounts) -> Usage:
 
 def test_defaults_are_the_documented_ones() -> None:
     assert Limits() == Limits(
-        queues=64,
+        queues=1024,
         knotes=100_000,
         descriptors=1024,
         streams=64,

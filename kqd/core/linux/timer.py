@@ -41,7 +41,7 @@ _UNITS = KQ_NOTE_SECONDS | KQ_NOTE_MSECONDS | KQ_NOTE_USECONDS | KQ_NOTE_NSECOND
 _MAX_DEADLINE_NS = 2**62
 
 
-def _interval_ns(flags: int, fflags: int, data: int) -> int:
+def interval_ns(flags: int, fflags: int, data: int) -> int:
     """The timer's period (or absolute wall-clock time) in ns; EINVAL for bad input."""
     if data < 0:
         raise OSError(errno.EINVAL, f"negative timer period {data}")
@@ -68,7 +68,7 @@ class TimerState:
 
 class TimerFilter(Filter):
     def attach(self, kn: Knote) -> None:
-        interval = _interval_ns(kn.flags, kn.sfflags, kn.sdata)
+        interval = interval_ns(kn.flags, kn.sfflags, kn.sdata)
         if not kn.sfflags & KQ_NOTE_ABSTIME:
             kn.flags |= KQ_EV_CLEAR
         self._start(kn, interval)
@@ -81,7 +81,7 @@ class TimerFilter(Filter):
         leave it running and its expirations counted."""
         if not change.flags & KQ_EV_ADD:
             return
-        interval = _interval_ns(kn.flags, change.fflags, change.data)
+        interval = interval_ns(kn.flags, change.fflags, change.data)
         kn.hook.handle.cancel()
         self.kq.dequeue(kn)
         kn.data = 0
