@@ -4,8 +4,9 @@ Nothing is timed before both: a process to wait for must be blocked on its pipe,
 (a command, or a thread of this process) must have finished starting and registering. Most
 waiters cannot say so themselves, so readiness is read from /proc: a waiter is *quiet* when no
 thread of it (or of its descendants, or of the processes it talks to, such as the daemon) starts,
-ends, or uses more than SHARE of a core over WINDOW; a retrying waiter is *pausing* once one of its
-threads sleeps between tries, i.e. after its first refused try.
+ends, or uses more than SHARE of a core over WINDOW; a retrying waiter is *pausing* once the
+thread that runs it (or a child process, as wait-for-it's sleep) sleeps between tries, i.e. after
+its first refused try.
 """
 
 from __future__ import annotations
@@ -63,8 +64,16 @@ def quiet(tasks: Tasks) -> Callable[[], bool]:
     return check
 
 
+def _runs_the_waiter(task: Path) -> bool:
+    """A process's main thread, or a thread of ours named by own_thread(); not the helper
+    threads of a runtime (gRPC's event engine sleeps in nanosleep as it starts)."""
+    return task.parent.parent.name in (task.name, "self")
+
+
 def pausing(tasks: Tasks) -> Callable[[], bool]:
-    return lambda: any("nanosleep" in _read(task / "wchan") for task in tasks())
+    return lambda: any(
+        "nanosleep" in _read(task / "wchan") for task in tasks() if _runs_the_waiter(task)
+    )
 
 
 def blocked_on_pipe(pid: int) -> bool:
