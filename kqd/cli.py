@@ -9,6 +9,18 @@ import sys
 from pathlib import Path
 
 
+def _group(name: str) -> int:
+    """A group name or number, for --socket-group."""
+    import grp
+
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no group named {name!r}") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -43,6 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         grace=args.grace,
         tls=TlsFiles(*tls_files) if all(tls_files) else None,
         insecure_tcp=args.insecure_tcp,
+        socket_group=args.socket_group,
         policy=policy,
     )
     return asyncio.run(serve(options))
@@ -91,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tls-client-ca",
         type=Path,
         help="PEM CA bundle: clients must present a certificate it signed",
+    )
+    serve.add_argument(
+        "--socket-group",
+        type=_group,
+        help="group (name or gid) whose members may connect to the Unix sockets (mode 0660)",
     )
     serve.add_argument(
         "--insecure-tcp",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +126,12 @@ def _check_bindable(address: str, addresses: list[tuple]) -> None:
 class Listeners:
     """The addresses one server listens on, and the relays that identify Unix callers."""
 
-    def __init__(self, tls: TlsFiles | None, insecure_tcp: bool) -> None:
+    def __init__(
+        self, tls: TlsFiles | None, insecure_tcp: bool, socket_group: int | None = None
+    ) -> None:
         self.tls = tls
         self.insecure_tcp = insecure_tcp
+        self.socket_group = socket_group
         self.relays: list[PeerCredentialRelay] = []
         self.bound: list[str] = []  # as logged: with the port actually bound
 
@@ -166,8 +170,11 @@ class Listeners:
             raise ListenError(f"cannot listen on {address}: {exc}") from None
 
     def start(self) -> None:
-        """Accept on the public Unix sockets (once the gRPC server runs), mode 0660."""
+        """Accept on the public Unix sockets (once the gRPC server runs): mode 0660, so their
+        owner and group may connect (the group given with --socket-group, if any)."""
         for relay in self.relays:
+            if self.socket_group is not None:
+                os.chown(relay.path, -1, self.socket_group)
             relay.path.chmod(0o660)
             relay.start()
 

@@ -69,11 +69,12 @@ class ServeOptions:
     grace: float = 5.0
     tls: TlsFiles | None = None
     insecure_tcp: bool = False
+    socket_group: int | None = None
     policy: Policy | None = None
 
 
 async def serve(options: ServeOptions) -> int:
-    listeners = Listeners(options.tls, options.insecure_tcp)
+    listeners = Listeners(options.tls, options.insecure_tcp, options.socket_group)
     identity = IdentityInterceptor((SERVICE_NAME,), listeners.relays)
     server = grpc.aio.server(options=_OPTIONS, interceptors=[identity])
     raise_nofile_limit()
