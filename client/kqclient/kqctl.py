@@ -239,12 +239,16 @@ def cmd_watch(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) 
 
 def _wait_one_port(kq: kqclient.RemoteKqueue, address: str, deadline: float | None) -> bool:
     while True:
-        fd = kq.open_connection(address)
-        change = kqclient.kevent(fd, KQ_FILTER_WRITE, KQ_EV_ADD | KQ_EV_ONESHOT)
-        events = kq.control([change], 1, remaining(deadline))
-        if events and not events[0].flags & KQ_EV_EOF:
-            return True  # connected: the queue's lease closes it
-        kq.close_fd(fd)
+        try:
+            fd = kq.open_connection(address)
+        except (ConnectionRefusedError, FileNotFoundError, BlockingIOError):
+            pass  # a Unix socket answers at once: nobody listens there (yet)
+        else:
+            change = kqclient.kevent(fd, KQ_FILTER_WRITE, KQ_EV_ADD | KQ_EV_ONESHOT)
+            events = kq.control([change], 1, remaining(deadline))
+            if events and not events[0].flags & KQ_EV_EOF:
+                return True  # connected: the queue's lease closes it
+            kq.close_fd(fd)
         wait = remaining(deadline)
         if wait is not None and wait <= 0:
             return False

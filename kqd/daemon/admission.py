@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable
+from typing import NoReturn
 
 from kqd.core import (
     KQ_EV_ADD,
@@ -29,12 +30,14 @@ from kqd.core import (
     KQ_NOTE_ABSTIME,
     kevent,
 )
+from kqd.core.constants import FILTER_NAMES
 from kqd.core.linux.knote import Knote
 from kqd.core.linux.timer import interval_ns
 from kqd.daemon.policy import Rules
 from kqd.daemon.quotas import Bill, QuotaExceeded, Usage
 
 log = logging.getLogger("kqd.daemon")
+audit = logging.getLogger("kqd.audit")
 
 # Filters whose knotes hold a descriptor of the daemon's: a pidfd, a duplicate of the file.
 _HOLDS_A_DESCRIPTOR = (KQ_FILTER_PROC, KQ_FILTER_VNODE)
@@ -91,9 +94,14 @@ class KnoteAdmission:
 
     def _check_new(self, rules: Rules, change: kevent) -> None:
         if not rules.filter_allowed(change.filter):
-            raise OSError(errno.EPERM, f"the policy allows {self.principal} no such knotes")
+            self._refuse(errno.EPERM, change, "the policy allows no such knotes")
         if change.filter == KQ_FILTER_PROC and _hidepid() and not self._sees(rules, change.ident):
-            raise OSError(errno.ESRCH, f"{self.principal} cannot see process {change.ident}")
+            self._refuse(errno.ESRCH, change, "a process it cannot see")
+
+    def _refuse(self, code: int, change: kevent, why: str) -> NoReturn:
+        filter_name = FILTER_NAMES.get(change.filter, str(change.filter))
+        audit.info("%s %s knote %d: denied (%s)", self.principal, filter_name, change.ident, why)
+        raise OSError(code, why)
 
     @staticmethod
     def _sees(rules: Rules, pid: int) -> bool:

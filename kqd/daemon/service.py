@@ -57,6 +57,10 @@ _OS_ERROR_STATUS = {
     errno.EMFILE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errno.ENFILE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errno.ENOMEM: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errno.EBADF: grpc.StatusCode.NOT_FOUND,
+    errno.ESRCH: grpc.StatusCode.NOT_FOUND,
+    errno.ETIMEDOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errno.ECONNREFUSED: grpc.StatusCode.FAILED_PRECONDITION,
 }
 _OS_ERROR_ADVICE = {
     errno.EMFILE: "; the daemon is out of descriptors: close queues or descriptors you no "

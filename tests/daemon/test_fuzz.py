@@ -81,6 +81,8 @@ DOCUMENTED = frozenset(
         Code.RESOURCE_EXHAUSTED,
         Code.NOT_FOUND,
         Code.PERMISSION_DENIED,
+        Code.FAILED_PRECONDITION,
+        Code.DEADLINE_EXCEEDED,
         Code.OUT_OF_RANGE,
     }
 )

@@ -3,6 +3,7 @@ and only when asked for, and a principal from the certificate, never from the cl
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -145,3 +146,42 @@ def test_tls_needs_all_three_files(pki: Pki) -> None:
     )
     assert result.returncode == 2
     assert "--tls-client-ca" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def mapped_daemon(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Daemon, Path]]:
+    """A TLS daemon whose policy grants alice one directory (opened with the daemon's rights)
+    and nothing else; bob gets the defaults: no local identity at all."""
+    directory = tmp_path_factory.mktemp("mapped")
+    granted = (directory / "granted").resolve()
+    granted.mkdir()
+    (granted / "log").write_text("hello")
+    policy = directory / "policy.toml"
+    policy.write_text(f'[principal."tls:alice"]\npaths_granted = ["{granted}"]\n')
+    target = f"127.0.0.1:{free_tcp_port()}"
+    daemon = start_daemon(
+        directory, *pki.server_args(), "--policy", str(policy), target=target,
+        tls=pki.client("alice"),
+    )  # fmt: skip
+    yield daemon, granted
+    assert daemon.stop() == 0
+
+
+def test_a_tls_principal_gets_what_the_policy_grants(
+    mapped_daemon: tuple[Daemon, Path], pki: Pki
+) -> None:
+    daemon, granted = mapped_daemon
+    with kqclient.connect(daemon.target, tls=pki.client("alice")) as alice:
+        kq = alice.kqueue()
+        assert kq.open(str(granted / "log")) >= 0
+        with pytest.raises(PermissionError):
+            kq.open("/etc/hostname")  # readable by anyone on the host, but alice is nobody here
+        with pytest.raises(PermissionError):
+            kq.open_peer_fd(os.getpid(), 0)  # no local identity: no OpenPeerFd
+    with kqclient.connect(daemon.target, tls=pki.client("bob")) as bob:
+        with pytest.raises(PermissionError):
+            bob.kqueue().open(str(granted / "log"))
+        with pytest.raises(kqclient.QueueNotFound):  # alice's queue is not bob's
+            bob.kqueue(kq.queue_id).control(None, 1, 0)
