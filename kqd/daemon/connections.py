@@ -10,12 +10,15 @@ refused. (A Unix-socket connect is made with the caller's rights instead, in cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
+import threading
 from typing import Any
 
 RESOLVE_SECONDS = 5.0
+MAX_RESOLVERS = 32
 
 ConnectTarget = str | tuple[Any, ...]
 _ADDRESS_FORMS = "give host:port (a port of 0..65535) or unix:/path"
@@ -25,8 +28,8 @@ _SUN_PATH_MAX = 107  # bytes of a Unix socket path (sockaddr_un.sun_path, NUL-te
 async def connection_target(address: str) -> tuple[socket.AddressFamily, ConnectTarget]:
     """What to connect to for *address* (``host:port``, ``[v6]:port`` or ``unix:/path``): the
     family and a target ``connect()`` takes without resolving. A host name is resolved here,
-    in a worker thread, so a slow resolver holds up only this call. ValueError, saying what is
-    wrong, for anything else."""
+    in a thread, so a slow resolver holds up only this call (ETIMEDOUT after RESOLVE_SECONDS).
+    ValueError, saying what is wrong, for anything else."""
     if "\x00" in address:
         raise ValueError(f"address {address!r} contains a NUL byte; {_ADDRESS_FORMS}")
     if address.startswith("unix:"):
@@ -44,12 +47,7 @@ async def connection_target(address: str) -> tuple[socket.AddressFamily, Connect
         raise ValueError(f"address {address!r} is not usable; {_ADDRESS_FORMS}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        infos = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(
-                host, int(port), family=family, type=socket.SOCK_STREAM
-            ),
-            RESOLVE_SECONDS,
-        )
+        infos = await asyncio.wait_for(_resolve(host, int(port), family), RESOLVE_SECONDS)
     except TimeoutError:
         raise OSError(
             errno.ETIMEDOUT, f"resolving {host!r} took over {RESOLVE_SECONDS:g}s", address
@@ -60,6 +58,39 @@ async def connection_target(address: str) -> tuple[socket.AddressFamily, Connect
     return family, infos[0][4]
 
 
+_resolvers = threading.BoundedSemaphore(MAX_RESOLVERS)
+
+
+async def _resolve(host: str, port: int, family: socket.AddressFamily) -> list[tuple]:
+    """getaddrinfo in a daemon thread of its own. Not the loop's executor: a lookup that hangs
+    past its bound would hold that executor's thread, and with it the daemon's exit, until the
+    resolver gives up; a daemon thread is simply left behind. At most MAX_RESOLVERS at once."""
+    if not _resolvers.acquire(blocking=False):
+        raise OSError(errno.EAGAIN, f"{MAX_RESOLVERS} host name lookups already under way")
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[list[tuple]] = loop.create_future()
+
+    def settle(result: list[tuple] | None, error: BaseException | None) -> None:
+        if answer.done():
+            return
+        if error is None:
+            answer.set_result(result or [])
+        else:
+            answer.set_exception(error)
+
+    def lookup() -> None:
+        try:
+            result = socket.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+            outcome: tuple[list[tuple] | None, BaseException | None] = (result, None)
+        except BaseException as exc:  # handed to the waiting call
+            outcome = (None, exc)
+        finally:
+            _resolvers.release()
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=lookup, name="kqd-resolve", daemon=True).start()
+    return await answer
 
 
 def start_connect(family: socket.AddressFamily, target: ConnectTarget) -> int:

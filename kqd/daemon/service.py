@@ -61,6 +61,7 @@ _OS_ERROR_STATUS = {
     errno.ESRCH: grpc.StatusCode.NOT_FOUND,
     errno.ETIMEDOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     errno.ECONNREFUSED: grpc.StatusCode.FAILED_PRECONDITION,
+    errno.EAGAIN: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 _OS_ERROR_ADVICE = {
     errno.EMFILE: "; the daemon is out of descriptors: close queues or descriptors you no "
