@@ -54,9 +54,13 @@ def daemon(test_users: tuple[TestUser, TestUser]) -> Iterator[Daemon]:
 
 @pytest.fixture
 def tight_daemon(user_a: TestUser, open_dir: Path) -> Iterator[Daemon]:
-    """A daemon whose policy lets user A hold only QUEUES_FOR_A queues."""
+    """A daemon whose policy lets user A hold only QUEUES_FOR_A queues, 2 descriptors, one
+    Wait stream and 5 knotes."""
     policy = open_dir / "policy.toml"
-    policy.write_text(f'[principal."uid:{user_a.uid}".quotas]\nqueues = {QUEUES_FOR_A}\n')
+    policy.write_text(
+        f'[principal."uid:{user_a.uid}".quotas]\nqueues = {QUEUES_FOR_A}\ndescriptors = 2\n'
+        "streams = 1\nknotes = 5\n"
+    )
     daemon = root_daemon(Path(tempfile.mkdtemp(prefix="kqd-daemon-")), "--policy", str(policy))
     yield daemon
     stop_cleanly(daemon)
@@ -262,3 +266,33 @@ for _ in kq.stream_batches():
         storm.kill()
         storm.wait(WAIT_BOUND)
     assert statistics.median(times) < 0.050, f"health checks took {sorted(times)[-5:]} s"
+
+
+def test_descriptor_knote_and_stream_quotas(
+    tight_daemon: Daemon, user_a: TestUser, user_b: TestUser, open_dir: Path
+) -> None:
+    program = """
+    import threading
+    kq = client.kqueue(lease=30)
+    fds = [kq.open("/") for _ in range(2)]
+    say(third_fd=outcome(lambda: kq.open("/")))
+    adds = [kevent(i, KQ_FILTER_USER, KQ_EV_ADD | KQ_EV_RECEIPT) for i in range(6)]
+    receipts = kq.control(adds, 6, 0)
+    say(knote_errors=[r.data for r in receipts])
+    first = kq.stream()
+    threading.Thread(target=lambda: next(first), daemon=True).start()
+    while True:  # the first stream holds the only one A may have once the daemon has it
+        second = outcome(lambda: next(client.kqueue(kq.queue_id).stream()))
+        if "error" in second:
+            break
+    say(second_stream=second)
+    """
+    got = run_as(user_a, tight_daemon.target, program, open_dir)
+    assert "descriptors quota" in got["third_fd"]["message"], got
+    assert got["knote_errors"][:5] == [0] * 5 and got["knote_errors"][5] != 0, got
+    assert "streams quota" in got["second_stream"]["message"], got
+    others = """
+    kq = client.kqueue(lease=1)
+    say(fds=[kq.open("/") for _ in range(4)])
+    """
+    assert len(run_as(user_b, tight_daemon.target, others, open_dir)["fds"]) == 4
