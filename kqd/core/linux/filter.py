@@ -5,11 +5,16 @@ created, ``touch`` when EV_ADD modifies it, ``event`` to ask whether the object'
 delivery (with the hint a source passed, or None for "look again"), ``report`` to build the
 fflags/data of a delivered event, and ``detach`` when the knote goes away. Filters raise
 ``OSError`` with the errno kqueue would give; the engine turns it into an EV_ERROR entry.
+
+``snapshot`` and ``restore`` carry a knote across a restart of its host: ``restore`` stands in
+for ``attach`` on a knote re-created from a snapshot, possibly in another process, another day.
+Whatever a filter re-arms on must be checked to be the same object, not merely the same number:
+a pid or a descriptor number may name something else by then.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kqd.core.constants import KQ_EV_CLEAR
 
@@ -36,6 +41,16 @@ class Filter:
     def event(self, kn: Knote, hint: object) -> bool:
         """Fold *hint* (None: just look again) into kn.fflags/kn.data; is the knote active?"""
         raise NotImplementedError
+
+    def snapshot(self, kn: Knote) -> dict[str, Any]:
+        """What ``restore`` needs to resume *kn*, JSON-serializable; by default nothing."""
+        return {}
+
+    def restore(self, kn: Knote, state: dict[str, Any]) -> None:
+        """Attach *kn*, re-created from a snapshot, and fold in *state* (what ``snapshot``
+        returned). The default attaches afresh: the filter reads the object's real state.
+        Raise OSError(errno) as ``attach`` does, having released what was acquired."""
+        self.attach(kn)
 
     def touch(self, kn: Knote, change: kevent) -> None:
         """EV_ADD on an existing knote: take the new NOTE mask and data."""

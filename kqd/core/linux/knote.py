@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kqd.core.kevent import kevent
+
 if TYPE_CHECKING:
     from kqd.core.linux.filter import Filter
 
@@ -43,3 +45,21 @@ class Knote:
     @property
     def key(self) -> tuple[int, int]:
         return (self.ident, self.filter)
+
+
+@dataclass(frozen=True)
+class KnoteSnapshot:
+    """A knote's definition and state, enough to re-create it in another kqueue, even in another
+    process after a restart (``Kqueue.snapshot``/``Kqueue.restore``).
+
+    ``change`` holds what the knote keeps: ident, filter, its flags as they are now (the kept
+    ONESHOT/CLEAR/DISPATCH/RECEIPT..., the CLEAR a filter adds, EV_EOF once a filter saw the end),
+    the registered note mask (``sfflags``) as fflags, ``sdata`` as data, and udata. ``disabled``
+    is EV_DISABLE's state, which is also where EV_DISPATCH leaves a delivered knote. ``state`` is
+    what the filter needs to resume (``Filter.snapshot``): only ints, strings, bools and None,
+    so that it serializes as JSON.
+    """
+
+    change: kevent
+    disabled: bool
+    state: dict[str, Any]

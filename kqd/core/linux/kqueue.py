@@ -72,7 +72,7 @@ from kqd.core.kevent import kevent
 from kqd.core.linux import syscalls
 from kqd.core.linux.fdtable import FdTable
 from kqd.core.linux.filter import Filter
-from kqd.core.linux.knote import Knote
+from kqd.core.linux.knote import Knote, KnoteSnapshot
 
 _EPOLL_BATCH = 1024
 # epoll_wait takes int milliseconds (about 24.8 days); a longer wait is made of several.
@@ -251,6 +251,71 @@ class Kqueue:
             with self._lock:
                 self._check_open()
                 self._pump(ready)
+
+    def snapshot(self, ident: int, filter: int) -> KnoteSnapshot | None:  # noqa: A002 - kevent's name
+        """The definition and state of the knote (*ident*, *filter*), for ``restore`` into
+        another kqueue later, even in another process; None when there is no such knote (a
+        knote whose descriptor was closed is gone, as at delivery).
+
+        A snapshot is exact as of this call: take a fresh one after every change and every
+        delivery of the knote to keep a stored copy exact. What happens in between is found
+        again by ``restore`` where the object keeps a trace (a timer's schedule, a file's
+        inode, a process's exit), and is lost otherwise.
+        """
+        with self._lock:
+            self._check_open()
+            kn = self._knotes.get((ident, filter))
+            if kn is None or (kn.fop.is_fd and not self.fds.alive(kn)):
+                return None
+            change = kevent(kn.ident, kn.filter, kn.flags, kn.sfflags, kn.sdata, kn.udata)
+            return KnoteSnapshot(change, kn.disabled, kn.fop.snapshot(kn))
+
+    def restore(self, snapshot: KnoteSnapshot) -> None:
+        """Re-create the knote *snapshot* describes, as it was: its flags as stored (this is
+        not EV_ADD, which would modify an existing knote: EEXIST if there is one), disabled or
+        not, and its filter's state, which the filter re-arms on the object after checking that
+        it is the same one (see each filter's ``restore``); an active knote is queued.
+
+        The change goes through ``admission`` as a registration does. Raises OSError(errno)
+        when the knote cannot be re-created at all (EBADF: the ident is not a descriptor here;
+        or whatever the filter's attach would refuse), and then nothing of it is left.
+        """
+        change = snapshot.change
+        with self._lock:
+            self._check_open()
+            fop = self._filters.get(change.filter)
+            if fop is None:
+                raise OSError(errno.EINVAL, f"unknown filter {change.filter}")
+            if fop.is_fd:
+                if change.ident == self._epoll.fileno():
+                    raise OSError(errno.EINVAL, "a kqueue cannot watch itself")
+                self.fds.check(change.ident)
+            key = (change.ident, change.filter)
+            if key in self._knotes:
+                raise OSError(errno.EEXIST, "the knote exists already")
+            if self.admission is not None:
+                self.admission.admit(change, None)
+            kn = Knote(
+                ident=change.ident,
+                filter=change.filter,
+                flags=change.flags & _KEPT_FLAGS_MASK,
+                sfflags=change.fflags,
+                sdata=change.data,
+                udata=change.udata,
+                fop=fop,
+                disabled=snapshot.disabled,
+            )
+            try:
+                fop.restore(kn, snapshot.state)
+            except BaseException:
+                if self.admission is not None:
+                    self.admission.released(kn)
+                raise
+            self._knotes[key] = kn
+            if not kn.disabled and fop.event(kn, None):
+                kn.active = True
+            if kn.active:
+                self._enqueue(kn)
 
     # ----------------------------------------------------------------- services for filters
 

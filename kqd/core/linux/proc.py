@@ -12,6 +12,17 @@ knote waits for the reap edge, at most REAP_WAIT_NS (2 s), without holding up th
 then carries the status the reap revealed. A parent that does not reap within that bound, or an
 older kernel where only /proc could have told, gives NOTE_EXIT with data -1.
 We never reap: the parent's wait() still gets its status.
+
+A pidfd does not outlive its kqueue, so a knote carried across a restart (``snapshot``/
+``restore``) names its process by what identifies it for good: the pid, the start time (field
+22 of /proc/<pid>/stat, in clock ticks since boot) and the boot id. The start time is read once
+at attach, just after the pidfd is opened, and kept only if the pidfd shows the process was not
+reaped meanwhile: until then its pid cannot name another process. Restoring opens a pidfd the
+same way and attaches only if the start time and boot id match; otherwise the process is gone
+(it may even have left its pid to a newcomer, which the knote must never report on), and the
+knote reports NOTE_EXIT with data -1 and EV_EOF, as for any exit whose status is unknowable, or
+is dropped unreported if it did not ask for NOTE_EXIT. An exit seen before the snapshot is
+restored with its status, without looking at the pid again.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import functools
 import os
 import select
 import time
+from typing import Any
 
 from kqd.core.constants import (
     KQ_EV_ADD,
@@ -44,6 +56,7 @@ from kqd.core.linux.kqueue import TimerHandle
 
 REAP_WAIT_NS = 2_000_000_000
 _NEEDS_CONNECTOR = KQ_NOTE_FORK | KQ_NOTE_EXEC | KQ_NOTE_TRACK
+_STAT_START_TIME_FIELD = 22
 _STAT_EXIT_CODE_FIELD = 52
 
 
@@ -77,9 +90,8 @@ def _may_read_exit_code(pid: int) -> bool:
     return ids.get("Uid", [-1]) == [uid] * 3 and ids.get("Gid", [-1]) == [gid] * 3
 
 
-def _zombie_exit_code(pid: int) -> int | None:
-    if not _may_read_exit_code(pid):
-        return None
+def _stat_field(pid: int, number: int) -> int | None:
+    """Field *number* (counted from 1, as in proc(5)) of /proc/<pid>/stat; None if unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -88,9 +100,28 @@ def _zombie_exit_code(pid: int) -> int | None:
     # Field 2 (comm) may hold spaces and parentheses: count fields after the last ')'.
     fields = stat[stat.rfind(b")") + 2 :].split()
     try:
-        return int(fields[_STAT_EXIT_CODE_FIELD - 3])
+        return int(fields[number - 3])
     except (IndexError, ValueError):
         return None
+
+
+def _zombie_exit_code(pid: int) -> int | None:
+    if not _may_read_exit_code(pid):
+        return None
+    return _stat_field(pid, _STAT_EXIT_CODE_FIELD)
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process *pid* started (field 22 of /proc/<pid>/stat, clock ticks since boot); with
+    the pid and the boot id, what identifies it for good. None if there is no such process."""
+    return _stat_field(pid, _STAT_START_TIME_FIELD)
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot's id: a start time only identifies a process together with it."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
 
 
 def exit_status(pidfd: int, pid: int) -> int | None:
@@ -113,10 +144,11 @@ class ExitHint:
 
 
 class ProcState:
-    __slots__ = ("connector", "exited", "give_up", "pidfd")
+    __slots__ = ("connector", "exited", "give_up", "pidfd", "start")
 
-    def __init__(self, pidfd: int) -> None:
-        self.pidfd: int | None = pidfd  # None once the exit is reported
+    def __init__(self, pidfd: int | None, start: int | None) -> None:
+        self.pidfd = pidfd  # None once the exit is reported
+        self.start = start  # the process's start time, None if it was reaped before it was read
         self.exited = False
         self.connector: proc_connector.Subscription | None = None
         self.give_up: TimerHandle | None = None  # the bound on waiting for the reap
@@ -148,21 +180,71 @@ class ProcFilter(Filter):
     def attach(self, kn: Knote) -> None:
         if kn.sfflags & _NEEDS_CONNECTOR:
             proc_connector.ProcConnector.shared()
-        if kn.ident > 0x7FFFFFFF:
-            raise OSError(errno.ESRCH, f"no process {kn.ident}")
-        pidfd = os.pidfd_open(kn.ident)
-        kn.flags |= KQ_EV_CLEAR
-        state = ProcState(pidfd)
-        kn.hook = state
-        self.kq.add_source(pidfd, select.EPOLLIN | select.EPOLLET, _PidfdSource(self, kn))
-        self._follow_connector(kn)
-        if poll_now(pidfd) & select.POLLIN:
-            self.exited(kn)  # a zombie: report the exit at once
+        self._watch(kn, self._open(kn))
 
     def detach(self, kn: Knote) -> None:
         state: ProcState | None = kn.hook
         if state is not None:
             self._release(state)
+
+    def snapshot(self, kn: Knote) -> dict[str, Any]:
+        state: ProcState = kn.hook
+        return {"start": state.start, "boot": boot_id(), "fflags": kn.fflags, "data": kn.data}
+
+    def restore(self, kn: Knote, state: dict[str, Any]) -> None:
+        """Attach to the process the snapshot was taken of if it is still there; otherwise
+        report its exit with an unknown status (see the module doc)."""
+        kn.fflags, kn.data = state["fflags"], state["data"]
+        status = kn.data  # with EV_EOF the exit was seen: data is its status if asked for
+        if not kn.flags & KQ_EV_EOF:
+            proc = self._find(kn, state["start"]) if state["boot"] == boot_id() else None
+            if proc is not None:
+                self._watch(kn, proc)
+                return
+            status = -1
+        kn.flags |= KQ_EV_CLEAR
+        kn.hook = ProcState(None, state["start"])
+        kn.hook.exited = True
+        kn.fflags &= ~KQ_NOTE_EXIT  # the exit hint sets it again, with its data
+        self.kq.activate(kn, ExitHint(status))
+
+    def _find(self, kn: Knote, start: int | None) -> ProcState | None:
+        """The process *kn* names, if it is the one that started at *start*."""
+        try:
+            proc = self._open(kn)
+        except OSError as exc:
+            if exc.errno not in (errno.ESRCH, errno.EINVAL):  # EINVAL: a thread's id now
+                raise
+            return None
+        if proc.start is not None and proc.start == start:
+            return proc
+        self._release(proc)
+        return None
+
+    def _open(self, kn: Knote) -> ProcState:
+        """A pidfd for the process *kn* names, and its start time."""
+        if kn.ident > 0x7FFFFFFF:
+            raise OSError(errno.ESRCH, f"no process {kn.ident}")
+        pidfd = os.pidfd_open(kn.ident)
+        start = process_start_time(kn.ident)
+        # Reaped before the read: the pid may be another process's already.
+        if poll_now(pidfd) & select.POLLHUP:
+            start = None
+        return ProcState(pidfd, start)
+
+    def _watch(self, kn: Knote, state: ProcState) -> None:
+        """Follow the process behind *state*'s pidfd; closes it if that fails."""
+        assert state.pidfd is not None
+        kn.flags |= KQ_EV_CLEAR
+        kn.hook = state
+        try:
+            self.kq.add_source(state.pidfd, select.EPOLLIN | select.EPOLLET, _PidfdSource(self, kn))
+            self._follow_connector(kn)
+        except BaseException:
+            self._release(state)
+            raise
+        if poll_now(state.pidfd) & select.POLLIN:
+            self.exited(kn)  # a zombie: report the exit at once
 
     def touch(self, kn: Knote, change: kevent) -> None:
         if change.fflags & _NEEDS_CONNECTOR:

@@ -8,12 +8,19 @@ NOTE_ABSTIME deadlines are wall-clock times converted to the monotonic clock whe
 Relative timers get EV_CLEAR automatically; NOTE_ABSTIME timers do not (filt_timerattach): once
 expired, an absolute timer without EV_CLEAR or EV_ONESHOT is level-triggered and reported
 (data 1) at every call until it is deleted or re-added.
+
+A snapshot keeps the schedule in wall-clock time, since the monotonic clock restarts with the
+machine: the next deadline, the period, and the expirations counted but not yet reported. A
+restored timer counts the deadlines that passed meanwhile (all those of a periodic timer on its
+schedule; the one of a one-shot or NOTE_ABSTIME timer, which then fires at once) and goes on
+with the next deadline of the same schedule.
 """
 
 from __future__ import annotations
 
 import errno
 import time
+from typing import Any
 
 from kqd.core.constants import (
     KQ_EV_ADD,
@@ -58,10 +65,13 @@ def interval_ns(flags: int, fflags: int, data: int) -> int:
 
 
 class TimerState:
+    """The schedule: the next CLOCK_MONOTONIC deadline (None once a one-shot or NOTE_ABSTIME
+    timer has expired) and the period (None for those)."""
+
     __slots__ = ("deadline", "handle", "period")
 
-    def __init__(self, handle: TimerHandle, period: int | None, deadline: int) -> None:
-        self.handle = handle
+    def __init__(self, period: int | None, deadline: int | None) -> None:
+        self.handle: TimerHandle | None = None
         self.period = period
         self.deadline = deadline
 
@@ -74,7 +84,29 @@ class TimerFilter(Filter):
         self._start(kn, interval)
 
     def detach(self, kn: Knote) -> None:
-        kn.hook.handle.cancel()
+        self._cancel(kn)
+
+    def snapshot(self, kn: Knote) -> dict[str, Any]:
+        state: TimerState = kn.hook
+        next_wall = None
+        if state.deadline is not None:
+            next_wall = state.deadline - time.monotonic_ns() + time.time_ns()
+        return {"period_ns": state.period, "next_wall_ns": next_wall, "pending": kn.data}
+
+    def restore(self, kn: Knote, state: dict[str, Any]) -> None:
+        period, next_wall = state["period_ns"], state["next_wall_ns"]
+        kn.data = state["pending"]
+        now_wall, now = time.time_ns(), time.monotonic_ns()
+        if next_wall is not None and now_wall >= next_wall:  # deadlines passed while down
+            if period:
+                missed = 1 + (now_wall - next_wall) // period
+                kn.data += missed
+                next_wall += missed * period
+            else:
+                kn.data += 1
+                next_wall = None
+        deadline = None if next_wall is None else now + next_wall - now_wall
+        self._schedule(kn, period, deadline)
 
     def touch(self, kn: Knote, change: kevent) -> None:
         """Only a re-add restarts the timer (filt_timertouch); EV_ENABLE/EV_DISABLE alone
@@ -82,7 +114,7 @@ class TimerFilter(Filter):
         if not change.flags & KQ_EV_ADD:
             return
         interval = interval_ns(kn.flags, change.fflags, change.data)
-        kn.hook.handle.cancel()
+        self._cancel(kn)
         self.kq.dequeue(kn)
         kn.data = 0
         super().touch(kn, change)
@@ -98,13 +130,22 @@ class TimerFilter(Filter):
         else:
             deadline = now + interval
             period = None if kn.flags & KQ_EV_ONESHOT else interval
-        deadline = min(deadline, _MAX_DEADLINE_NS)
-        kn.hook = TimerState(
-            self.kq.call_at(deadline, lambda t: self._expire(kn, t)), period, deadline
-        )
+        self._schedule(kn, period, deadline)
+
+    def _schedule(self, kn: Knote, period: int | None, deadline: int | None) -> None:
+        kn.hook = state = TimerState(period, deadline)
+        if deadline is not None:
+            state.deadline = min(deadline, _MAX_DEADLINE_NS)
+            state.handle = self.kq.call_at(state.deadline, lambda t: self._expire(kn, t))
+
+    def _cancel(self, kn: Knote) -> None:
+        state: TimerState = kn.hook
+        if state.handle is not None:
+            state.handle.cancel()
 
     def _expire(self, kn: Knote, now: int) -> None:
         state: TimerState = kn.hook
+        assert state.deadline is not None
         if state.period:
             missed = (now - state.deadline) // state.period
             kn.data += 1 + missed
@@ -112,4 +153,5 @@ class TimerFilter(Filter):
             state.handle = self.kq.call_at(state.deadline, lambda t: self._expire(kn, t))
         else:
             kn.data += 1
+            state.deadline = state.handle = None
         self.kq.activate(kn, None)

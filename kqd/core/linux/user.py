@@ -2,9 +2,14 @@
 
 No descriptor per knote: a trigger from another thread reaches a waiter through the kqueue's
 wake eventfd like any other activation.
+
+A snapshot keeps the user bits, the data and whether a trigger is pending: a knote triggered
+and not yet delivered (or, without EV_CLEAR, triggered at all) is active again once restored.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from kqd.core.constants import (
     KQ_EV_CLEAR,
@@ -39,6 +44,14 @@ class UserFilter(Filter):
     def attach(self, kn: Knote) -> None:
         kn.hook = bool(kn.sfflags & KQ_NOTE_TRIGGER)
         kn.sfflags = kn.sfflags & KQ_NOTE_FFLAGSMASK
+
+    def snapshot(self, kn: Knote) -> dict[str, Any]:
+        return {"triggered": bool(kn.hook), "fflags": kn.sfflags, "data": kn.sdata}
+
+    def restore(self, kn: Knote, state: dict[str, Any]) -> None:
+        kn.hook = bool(state["triggered"])
+        kn.sfflags = state["fflags"] & KQ_NOTE_FFLAGSMASK
+        kn.sdata = state["data"]
 
     def touch(self, kn: Knote, change: kevent) -> None:
         if change.fflags & KQ_NOTE_TRIGGER:

@@ -21,13 +21,14 @@ event when one of the hints it can bring intersects the knote's notes. Two trans
   events of the files inside it are dropped by the hub.
 
 An inotify queue overflow has no FreeBSD counterpart: events were dropped, and anything may have
-changed. Each knote remembers the inode's size, link count, mtime and ctime as of its last event,
-and after an overflow compares them with fstat, reporting only what really changed: link count 0
-is NOTE_DELETE, another link count change NOTE_LINK (NOTE_WRITE|NOTE_LINK for a directory),
-growth NOTE_WRITE|NOTE_EXTEND, a shrink or a new mtime NOTE_WRITE, a new ctime alone
-NOTE_ATTRIB. A knote on an untouched file reports nothing. What leaves no trace in the inode
-cannot be recovered: NOTE_OPEN, NOTE_CLOSE, NOTE_CLOSE_WRITE, NOTE_READ, NOTE_RENAME (an inode
-does not record its name), and a chmod that came with a write shows as the write only. ``data``
+changed. Each knote remembers the inode's size, link count, mtime, ctime, mode and owner as of
+its last event, and after an overflow compares them with fstat, reporting only what really
+changed: link count 0 is NOTE_DELETE, another link count change NOTE_LINK (NOTE_WRITE|NOTE_LINK
+for a directory), growth NOTE_WRITE|NOTE_EXTEND, a shrink or a new mtime NOTE_WRITE, a new mode
+or owner, or a new ctime alone, NOTE_ATTRIB. A knote on an untouched file reports nothing. What
+leaves no trace in the inode cannot be recovered: NOTE_OPEN, NOTE_CLOSE, NOTE_CLOSE_WRITE,
+NOTE_READ, NOTE_RENAME (an inode does not record its name), and another attribute change (an
+extended attribute, a timestamp) that came with a write shows as the write only. ``data``
 counts the overflows behind the notes recovered this way (it is 0 for events seen one by one, as
 in FreeBSD), so a reader can tell that such notes may be missing. The state is read when the
 knote's delivery runs, just after its kqueue drained the inotify queue: a change whose event an
@@ -36,6 +37,12 @@ queue of events (max_queued_events) arrives within that instant.
 
 Without EV_CLEAR a fired VNODE knote is reported on every call, as in FreeBSD (its fflags are only
 reset by EV_CLEAR).
+
+A restart of the host is recovered from like an overflow. A snapshot keeps what the knote
+remembers of the inode with the notes not yet reported; ``restore``, given a descriptor
+of the same file (checking that it is the same inode is the host's part: it re-opens the file
+by its path), attaches and records what fstat shows changed meanwhile, counting the restart in
+``data`` as one more overflow, since what the inode does not record is lost the same way.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Any
 
 from kqd.core.constants import (
     KQ_EV_EOF,
@@ -87,6 +95,8 @@ _DIRECTORY_BRINGS = {
     H.IN_MOVED_TO: KQ_NOTE_WRITE | KQ_NOTE_EXTEND | KQ_NOTE_LINK,
 }
 del _DIRECTORY_BRINGS[H.IN_CLOSE_WRITE]  # a directory is never open for writing
+# What VnodeState remembers of the inode, as kept in a snapshot.
+_REMEMBERED = ("size", "nlink", "mtime", "ctime", "mode", "uid", "gid")
 
 
 def _inotify_mask(notes: int, is_dir: bool) -> int:
@@ -113,7 +123,18 @@ def _entry_hint(kind: int, paired: bool) -> int:
 class VnodeState:
     """What the filter remembers of the inode: its state as of the knote's last event."""
 
-    __slots__ = ("ctime", "is_dir", "mtime", "nlink", "size", "subscription", "watch")
+    __slots__ = (
+        "ctime",
+        "gid",
+        "is_dir",
+        "mode",
+        "mtime",
+        "nlink",
+        "size",
+        "subscription",
+        "uid",
+        "watch",
+    )
 
     def __init__(self, watch: FdWatch, st: os.stat_result) -> None:
         self.watch = watch
@@ -124,6 +145,7 @@ class VnodeState:
     def remember(self, st: os.stat_result) -> None:
         self.size, self.nlink = st.st_size, st.st_nlink
         self.mtime, self.ctime = st.st_mtime_ns, st.st_ctime_ns
+        self.mode, self.uid, self.gid = st.st_mode, st.st_uid, st.st_gid
 
     def hints(self, arrivals: Arrivals, st: os.stat_result) -> list[int]:
         """The hints FreeBSD would have posted for the events that arrived."""
@@ -154,7 +176,10 @@ class VnodeState:
             hints.append(KQ_NOTE_WRITE | KQ_NOTE_EXTEND)
         elif resized < 0 or st.st_mtime_ns != self.mtime:
             hints.append(KQ_NOTE_WRITE)
-        if not hints and st.st_ctime_ns != self.ctime:
+        # A chmod or chown shows even beside a write; a new ctime with nothing else to account
+        # for it was some other attribute change.
+        chmod = (st.st_mode, st.st_uid, st.st_gid) != (self.mode, self.uid, self.gid)
+        if chmod or (not hints and st.st_ctime_ns != self.ctime):
             hints.append(KQ_NOTE_ATTRIB)
         return hints
 
@@ -200,6 +225,28 @@ class VnodeFilter(Filter):
         if state.subscription is not None:
             state.subscription.cancel()
         self.kq.fds.detach(kn)
+
+    def snapshot(self, kn: Knote) -> dict[str, Any]:
+        state: VnodeState = kn.hook
+        return {name: getattr(state, name) for name in _REMEMBERED} | {
+            "fflags": kn.fflags,
+            "data": kn.data,
+        }
+
+    def restore(self, kn: Knote, state: dict[str, Any]) -> None:
+        self.attach(kn)
+        vnode: VnodeState = kn.hook
+        try:
+            st = os.fstat(vnode.watch.stat_fd)
+        except OSError:
+            self.detach(kn)
+            raise
+        for name in _REMEMBERED:
+            setattr(vnode, name, state[name])
+        kn.fflags, kn.data = state["fflags"], state["data"]
+        if _record(kn, vnode.changes(st)):
+            kn.data += 1
+        vnode.remember(st)
 
     def touch(self, kn: Knote, change: kevent) -> None:
         super().touch(kn, change)
