@@ -49,7 +49,7 @@ import select
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -187,6 +187,11 @@ class Kqueue:
         # Like select.kqueue, a forgotten kqueue gives its descriptors back when collected.
         with contextlib.suppress(Exception):
             self.close()
+
+    def count_by_filter(self) -> Counter[int]:
+        """How many knotes this kqueue holds, by filter: a snapshot for monitoring, O(knotes)."""
+        with self._lock:
+            return Counter(filt for _ident, filt in self._knotes)
 
     def close(self) -> None:
         """Drop every knote and release every descriptor now; a second close does nothing.

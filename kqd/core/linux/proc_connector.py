@@ -100,6 +100,7 @@ class ProcConnector(ProcessWide):
         self._lock = threading.Lock()
         self._by_pid: dict[int, list[Subscription]] = defaultdict(list)
         self._shared_fd = SharedDescriptor(sock.fileno(), self.pump)
+        self.drops = 0  # receive buffer overflows (ENOBUFS): messages the kernel dropped
 
     def subscribe(self, pid: int, kq: Kqueue, callback: Callback) -> Subscription:
         sub = Subscription(self, pid, kq, callback)
@@ -131,6 +132,7 @@ class ProcConnector(ProcessWide):
                 except OSError as exc:
                     if exc.errno != errno.ENOBUFS:
                         raise
+                    self.drops += 1
                     deliveries += [(s, LOST, 0) for subs in self._by_pid.values() for s in subs]
                     continue
                 for what, pid, child, stamp in self._parse(data):
