@@ -21,6 +21,16 @@ def _group(name: str) -> int:
         raise argparse.ArgumentTypeError(f"no group named {name!r}") from None
 
 
+def _metrics_address(text: str) -> tuple[str, int]:
+    """--metrics-listen: host:port, or a port alone for loopback."""
+    from kqd.daemon.metrics import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -29,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     from kqd.daemon.policy import Policy, PolicyError
     from kqd.daemon.server import ServeOptions, serve
     from kqd.default_socket import default_socket
+    from kqd.logs import configure
 
     tls_files = (args.tls_cert, args.tls_key, args.tls_client_ca)
     if any(tls_files) and not all(tls_files):
@@ -44,11 +55,11 @@ def _serve(args: argparse.Namespace) -> int:
             # Unusable configuration, as an unusable --listen address: exit 2, one line.
             print(f"kqd serve: policy {exc}", file=sys.stderr)
             return 2
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    configure(args.log_level, args.log_format)
     if policy is not None:
-        logging.getLogger("kqd.daemon").info("policy %s", policy.describe())
+        logging.getLogger("kqd.daemon").info(
+            "policy %s", policy.describe(), extra={"policy": policy.source}
+        )
     options = ServeOptions(
         listen=args.listen or [default_socket()],
         lease=args.lease,
@@ -57,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         insecure_tcp=args.insecure_tcp,
         socket_group=args.socket_group,
         policy=policy,
+        metrics_listen=args.metrics_listen,
     )
     return asyncio.run(serve(options))
 
@@ -98,6 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         "--grace", type=float, default=5.0, help="seconds streams get to end on SIGTERM (default 5)"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log lines on stderr as text (default) or JSON Lines (ts, level, logger, msg, ...)",
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        type=_metrics_address,
+        metavar="ADDR",
+        help="serve Prometheus metrics at http://ADDR/metrics (host:port, or PORT for "
+        "127.0.0.1:PORT); off by default. Counts only: no ids, paths or pids",
+    )
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate for host:port listeners")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     serve.add_argument(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import kqclient
+from kqclient.errors import translate
 from kqclient.target import TARGET_ENV, TLS_ENV, open_channel, resolve_target
 from kqd.core.constants import (
     KQ_EV_ADD,
@@ -59,6 +60,8 @@ COMMANDS = [
     ("watch", "print file and directory changes"),
     ("wait-port", "wait until addresses accept connections"),
     ("health", "exit 0 when the daemon is SERVING"),
+    ("stats", "print what the daemon holds (privileged callers)"),
+    ("queues", "list the daemon's queues, each as a short hash (privileged callers)"),
 ]
 
 
@@ -315,6 +318,180 @@ def cmd_health(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK if serving else EXIT_FAILURE
 
 
+def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    """Call AdminService *method*; a failed call raises what kqclient raises for it
+    (PermissionError for a caller that is not privileged, DaemonUnavailable, ...)."""
+    import grpc
+
+    from kqd.v1 import admin_pb2_grpc
+
+    target = resolve_target(args.target)
+    with open_channel(target, tls_files(args)) as channel:
+        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        try:
+            return getattr(stub, method)(request, timeout=args.timeout)
+        except grpc.RpcError as error:
+            raise translate(error, target) from None
+
+
+def _seconds(duration: Any) -> float:
+    return float(duration.seconds + duration.nanos / 1e9)
+
+
+def _by_filter(counts: Any) -> dict[str, int]:
+    return {item.filter: item.count for item in counts}
+
+
+def _filter_text(counts: dict[str, int]) -> str:
+    """``6 (proc 5, user 1)``: the total, then the filters that have any."""
+    parts = ", ".join(f"{name} {n}" for name, n in counts.items() if n)
+    total = sum(counts.values())
+    return f"{total} ({parts})" if parts else str(total)
+
+
+def stats_record(response: Any) -> dict[str, Any]:
+    """A GetStatsResponse as the ``-w json`` record of ``kqctl stats``."""
+    d, log = response.descriptors, response.resume_log
+    record: dict[str, Any] = {
+        "version": response.version,
+        "uptime_seconds": round(_seconds(response.uptime), 3),
+        "queues": response.queues,
+        "knotes": _by_filter(response.knotes),
+        "wait_streams": response.wait_streams,
+        "descriptors": {
+            "open": d.open,
+            "limit": d.limit,
+            "for_callers": d.for_callers,
+            "for_callers_limit": d.for_callers_limit,
+        },
+        "resume_log": {"events": log.events, "bytes": log.bytes},
+        "stuck_streams_closed": response.stuck_streams_closed,
+        "inotify_overflows": response.inotify_overflows,
+        "proc_connector_drops": response.proc_connector_drops,
+        "delivery": None,
+        "principals": [
+            {
+                "principal": p.principal,
+                "queues": p.queues,
+                "knotes": p.knotes,
+                "descriptors": p.descriptors,
+                "wait_streams": p.wait_streams,
+                "udata_bytes": p.udata_bytes,
+                "timers": p.timers,
+                "daemon_descriptors": p.daemon_descriptors,
+            }
+            for p in response.principals
+        ],
+    }
+    if response.HasField("delivery"):
+        counters = response.delivery
+        record["delivery"] = {
+            "events_delivered": _by_filter(counters.events_delivered),
+            "latency_count": counters.latency_count,
+            "latency_sum_seconds": counters.latency_sum_seconds,
+            "resumes_refused": counters.resumes_refused,
+        }
+    return record
+
+
+def stats_text(record: dict[str, Any]) -> str:
+    """``kqctl stats`` in text: one ``name  value`` line each, then the principals."""
+    d, log = record["descriptors"], record["resume_log"]
+    rows = [
+        ("version", record["version"]),
+        ("uptime", f"{record['uptime_seconds']:.1f}s"),
+        ("queues", record["queues"]),
+        ("knotes", _filter_text(record["knotes"])),
+        ("wait streams", record["wait_streams"]),
+        ("descriptors", f"{d['open']} open, limit {d['limit']}"),
+        ("for callers", f"{d['for_callers']}, limit {d['for_callers_limit']}"),
+        ("resume log", f"{log['events']} events, {log['bytes']} bytes"),
+        ("stuck streams closed", record["stuck_streams_closed"]),
+        ("inotify overflows", record["inotify_overflows"]),
+        ("proc connector drops", record["proc_connector_drops"]),
+    ]
+    counters = record["delivery"]
+    if counters is None:
+        rows.append(("events delivered", "not counted (kqd serve without --metrics-listen)"))
+    else:
+        count = counters["latency_count"]
+        mean = counters["latency_sum_seconds"] / count * 1e3 if count else 0.0
+        rows += [
+            ("events delivered", _filter_text(counters["events_delivered"])),
+            ("delivery latency", f"mean {mean:.3f} ms over {count} events"),
+            ("resumes refused", counters["resumes_refused"]),
+        ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    for p in record["principals"]:
+        lines.append(
+            f"principal {p['principal']}: {p['queues']} queues, {p['knotes']} knotes, "
+            f"{p['descriptors']} descriptors, {p['wait_streams']} streams, {p['timers']} "
+            f"timers, {p['udata_bytes']} udata bytes, {p['daemon_descriptors']} daemon "
+            "descriptors"
+        )
+    return "\n".join(lines)
+
+
+def cmd_stats(args: argparse.Namespace, out: Output) -> int:
+    """What the daemon holds: the numbers of its metrics, and each principal's."""
+    from kqd.v1 import admin_pb2
+
+    record = stats_record(_admin_call(args, "GetStats", admin_pb2.GetStatsRequest()))
+    out.emit(stats_text(record), record)
+    return EXIT_OK
+
+
+QUEUE_COLUMNS = ("QUEUE", "OWNER", "KNOTES", "STREAMS", "CALLS", "LAST_SEQ", "FDS", "LEASE_LEFT")
+
+
+def cmd_queues(args: argparse.Namespace, out: Output) -> int:
+    """Every queue (or one owner's): a short hash of its id, never the id."""
+    from kqd.v1 import admin_pb2
+
+    request = admin_pb2.ListQueuesRequest(owner=args.owner or "")
+    response = _admin_call(args, "ListQueues", request)
+    records, rows = [], []
+    for q in response.queues:
+        left = round(_seconds(q.lease_left), 3) if q.HasField("lease_left") else None
+        knotes = _by_filter(q.knotes)
+        records.append(
+            {
+                "queue": q.queue_hash,
+                "owner": q.owner,
+                "knotes": knotes,
+                "wait_streams": q.wait_streams,
+                "calls": q.calls,
+                "last_sequence": q.last_sequence,
+                "descriptors": q.descriptors,
+                "lease_seconds": round(_seconds(q.lease), 3),
+                "lease_left_seconds": left,
+            }
+        )
+        rows.append(
+            (
+                q.queue_hash,
+                q.owner,
+                ",".join(f"{name}={n}" for name, n in knotes.items()) or "-",
+                str(q.wait_streams),
+                str(q.calls),
+                str(q.last_sequence),
+                str(q.descriptors),
+                "in use" if left is None else f"{left:.1f}s",
+            )
+        )
+    if out.json:
+        for record in records:
+            out.emit("", record)
+        return EXIT_OK
+    table = [QUEUE_COLUMNS, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(QUEUE_COLUMNS))]
+    for row in table:
+        line = "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True))
+        out.emit(line.rstrip(), {})
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kqctl",
@@ -341,6 +518,7 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         help="output format: text or JSON Lines",
     )
+    parser.set_defaults(direct=None)  # commands that need no queue: (args, out) -> exit code
     sub = parser.add_subparsers(dest="command_name", title="commands")
     helps = dict(COMMANDS)
 
@@ -378,7 +556,20 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument(
         "-t", "--timeout", type=parse_seconds, default=3.0, help="seconds (default 3)"
     )
-    health.set_defaults(run=None)
+    health.set_defaults(direct=cmd_health)
+
+    stats = sub.add_parser("stats", help=helps["stats"])
+    stats.add_argument(
+        "-t", "--timeout", type=parse_seconds, default=5.0, help="seconds (default 5)"
+    )
+    stats.set_defaults(direct=cmd_stats)
+
+    queues = sub.add_parser("queues", help=helps["queues"])
+    queues.add_argument("--owner", metavar="PRINCIPAL", help='only its queues ("uid:1000", ...)')
+    queues.add_argument(
+        "-t", "--timeout", type=parse_seconds, default=5.0, help="seconds (default 5)"
+    )
+    queues.set_defaults(direct=cmd_queues)
     return parser
 
 
@@ -443,8 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(args.write_out)
     signal.signal(signal.SIGINT, lambda *_: interrupted(out))
     try:
-        if args.run is None:
-            return cmd_health(args, out)
+        if args.direct is not None:
+            direct: Callable[[argparse.Namespace, Output], int] = args.direct
+            return direct(args, out)
         run: Callable[[argparse.Namespace, kqclient.RemoteKqueue, Output], int] = args.run
         with kqclient.connect(args.target, tls=tls_files(args)) as client:
             # A short lease instead of CloseQueue: the daemon reclaims the queue by itself, and

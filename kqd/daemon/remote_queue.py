@@ -34,6 +34,7 @@ from kqd.core import (
 )
 from kqd.core.linux import syscalls
 from kqd.daemon.delivery_log import DeliveryLog
+from kqd.daemon.metrics_delivery import delivery
 from kqd.daemon.quotas import Usage
 from kqd.daemon.readiness import Readiness
 
@@ -199,6 +200,7 @@ class RemoteQueue:
             fresh = self.kq.control(None, max_batch, 0)
             if fresh:
                 self.log.record(fresh)
+                delivery.collected(self, len(fresh))
                 self._readiness.wake()  # the other streams of this queue have news too
                 continue
             remaining = deadline - time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -11,15 +12,19 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from kqd.daemon import admin
 from kqd.daemon.authorizer import Authorizer
 from kqd.daemon.caller_access import CallerAccess
 from kqd.daemon.identity import IdentityInterceptor
 from kqd.daemon.listeners import ListenError, Listeners, TlsFiles
+from kqd.daemon.metrics import MetricsEndpoint, registry_for
+from kqd.daemon.metrics_delivery import delivery
+from kqd.daemon.metrics_rpc import RpcMetricsInterceptor
 from kqd.daemon.policy import Policy, PolicyError
 from kqd.daemon.quotas import Accounts, raise_nofile_limit
 from kqd.daemon.reflection import enable_reflection
 from kqd.daemon.service import KQueueService
-from kqd.v1 import kqd_pb2, kqd_pb2_grpc
+from kqd.v1 import admin_pb2_grpc, kqd_pb2, kqd_pb2_grpc
 
 log = logging.getLogger("kqd.daemon")
 
@@ -71,23 +76,51 @@ class ServeOptions:
     insecure_tcp: bool = False
     socket_group: int | None = None
     policy: Policy | None = None
+    # (host, port) for the Prometheus endpoint (kqd.daemon.metrics), None: no metrics.
+    metrics_listen: tuple[str, int] | None = None
+
+
+async def _start_metrics(
+    options: ServeOptions, service: KQueueService, rpc: RpcMetricsInterceptor | None
+) -> MetricsEndpoint | None:
+    """The metrics endpoint, listening, when asked for; ListenError when it cannot listen."""
+    if options.metrics_listen is None or rpc is None:
+        return None
+    delivery.enabled = True
+    endpoint = MetricsEndpoint(registry_for(service, rpc))
+    host, port = options.metrics_listen
+    try:
+        bound = await endpoint.start(host, port)
+    except OSError as exc:
+        raise ListenError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror}; choose another "
+            "--metrics-listen",
+            status=1 if exc.errno == errno.EADDRINUSE else 2,
+        ) from None
+    log.info("metrics on http://%s/metrics", bound, extra={"metrics": bound})
+    return endpoint
 
 
 async def serve(options: ServeOptions) -> int:
     listeners = Listeners(options.tls, options.insecure_tcp, options.socket_group)
-    identity = IdentityInterceptor((SERVICE_NAME,), listeners.relays)
-    server = grpc.aio.server(options=_OPTIONS, interceptors=[identity])
+    identity = IdentityInterceptor((SERVICE_NAME, admin.SERVICE_NAME), listeners.relays)
+    # The RPC metrics come first: they see what the identity interceptor refuses too.
+    rpc = RpcMetricsInterceptor() if options.metrics_listen is not None else None
+    interceptors = [identity] if rpc is None else [rpc, identity]
+    server = grpc.aio.server(options=_OPTIONS, interceptors=interceptors)
     raise_nofile_limit()
     access = CallerAccess()
     authorizer = Authorizer(options.policy or Policy.default(), access)
     service = KQueueService(options.lease, authorizer, Accounts())
     kqd_pb2_grpc.add_KQueueServiceServicer_to_server(service, server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin.AdminService(service, rpc), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection([SERVICE_NAME, health.SERVICE_NAME], server)
+    enable_reflection([SERVICE_NAME, admin.SERVICE_NAME, health.SERVICE_NAME], server)
     try:
         for address in options.listen:
             listeners.add(server, address)
+        metrics = await _start_metrics(options, service, rpc)
     except ListenError as exc:
         log.error("%s", exc)
         listeners.close()
@@ -96,7 +129,12 @@ async def serve(options: ServeOptions) -> int:
     listeners.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("kqd serving on %s (lease %ss)", ", ".join(listeners.bound), options.lease)
+    log.info(
+        "kqd serving on %s (lease %ss)",
+        ", ".join(listeners.bound),
+        options.lease,
+        extra={"listen": listeners.bound, "lease": options.lease},
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -110,6 +148,8 @@ async def serve(options: ServeOptions) -> int:
     service.shut_down()
     housekeeping.cancel()
     await server.stop(options.grace)
+    if metrics is not None:
+        await metrics.close()
     listeners.close()
     access.close()
     log.info("kqd stopped")

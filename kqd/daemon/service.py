@@ -33,6 +33,7 @@ from kqd.daemon.authorizer import Authorizer
 from kqd.daemon.connections import connection_target
 from kqd.daemon.delivery_log import ResumeTooOldError
 from kqd.daemon.identity import Principal, current_principal
+from kqd.daemon.metrics_delivery import delivery
 from kqd.daemon.quotas import Accounts, QuotaExceeded
 from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
@@ -256,7 +257,10 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                     f"{queue.log.last_sequence}: resume after a number this queue delivered"
                 )
             try:
-                with self.accounts.usage(caller.name).borrow("streams", 1, streams):
+                with (
+                    self.accounts.usage(caller.name).borrow("streams", 1, streams),
+                    delivery.streaming(queue),
+                ):
                     await self._send_events(queue, after, batch, context)
             except QueueClosedError:
                 if not self.stopping:
@@ -294,12 +298,14 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 log.debug("queue %s: Wait stream gone at its client", short_id(queue.queue_id))
                 return
             except TimeoutError:
+                delivery.stuck()
                 await abort(
                     context,
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"the client read nothing for {STUCK_SECONDS:.0f}s; stream closed, "
                     f"resume after sequence {after}",
                 )
+            delivery.sent(queue, items)
             if items:
                 after = items[-1][0]
 

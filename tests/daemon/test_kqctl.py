@@ -161,7 +161,7 @@ def test_no_command_prints_the_usage_with_every_command(daemon_target) -> None:
     assert "command_name" not in result.stderr
     listing = result.stderr.split("\ncommands:\n", 1)[-1].split("\n\n", 1)[0]
     listed = {line.split()[0] for line in listing.splitlines()}
-    assert listed == {"pwait", "watch", "wait-port", "health"}, result.stderr
+    assert listed == {"pwait", "watch", "wait-port", "health", "stats", "queues"}, result.stderr
     assert result.stdout == ""
 
 
