@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     from kqd.daemon.listeners import TlsFiles
     from kqd.daemon.policy import Policy, PolicyError
     from kqd.daemon.server import ServeOptions, serve
+    from kqd.daemon.store import default_state_dir
     from kqd.default_socket import default_socket
     from kqd.logs import configure
 
@@ -67,6 +68,9 @@ def _serve(args: argparse.Namespace) -> int:
         tls=TlsFiles(*tls_files) if all(tls_files) else None,
         insecure_tcp=args.insecure_tcp,
         socket_group=args.socket_group,
+        state_dir=None if args.no_state else args.state_dir or default_state_dir(),
+        sync=args.sync,
+        reset_state=args.reset_state,
         policy=policy,
         metrics_listen=args.metrics_listen,
     )
@@ -129,6 +133,29 @@ def main(argv: list[str] | None = None) -> int:
         "--tls-client-ca",
         type=Path,
         help="PEM CA bundle: clients must present a certificate it signed",
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where queues survive restarts (default /var/lib/kqd for root, else "
+        "$XDG_STATE_HOME/kqd)",
+    )
+    serve.add_argument(
+        "--no-state",
+        action="store_true",
+        help="keep nothing on disk: a restart loses every queue (tests, throwaway daemons)",
+    )
+    serve.add_argument(
+        "--sync",
+        choices=["normal", "full"],
+        default="normal",
+        help="normal: state survives a crash of kqd; full: also a power loss (an fsync per "
+        "commit)",
+    )
+    serve.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="start with an empty state directory (what was in it is deleted)",
     )
     serve.add_argument(
         "--socket-group",

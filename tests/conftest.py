@@ -87,7 +87,7 @@ def start_daemon(
     sock = directory / "kqd.sock"
     target = target or f"unix://{sock}"
     proc = subprocess.Popen(
-        serve_command(target, *extra, log_level=log_level or "warning"),
+        serve_command(target, *extra, log_level=log_level or "warning", state=directory / "state"),
         stderr=subprocess.PIPE if log_level else None,
         text=True,
     )

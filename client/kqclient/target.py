@@ -14,10 +14,15 @@ from kqd.default_socket import default_socket
 
 TARGET_ENV = "KQD_TARGET"
 TLS_ENV = ("KQD_TLS_CA", "KQD_TLS_CERT", "KQD_TLS_KEY")
-KEEPALIVE_OPTIONS = [
+CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A daemon restart is a pause: reconnect within a second of its return, not after gRPC's
+    # default backoff (up to 120 s), and never through a connection another channel of this
+    # process saw break (subchannels are shared across channels by default).
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 # While waiting for a daemon to come up, try again every 20-100 ms rather than gRPC's default
 # backoff (1 s, growing), so a client knows within a fraction of a second.
@@ -68,7 +73,7 @@ def open_channel(
 ) -> Any:
     """A gRPC channel to *target* (sync, or asyncio with *aio*); TLS when *tls* is given.
     *eager*: reconnect quickly (for waiting on a daemon that is starting)."""
-    options = KEEPALIVE_OPTIONS + (EAGER_RECONNECT_OPTIONS if eager else [])
+    options = CHANNEL_OPTIONS + (EAGER_RECONNECT_OPTIONS if eager else [])
     module = grpc.aio if aio else grpc
     if tls is None:
         return module.insecure_channel(target, options=options)

@@ -38,14 +38,22 @@ class DeliveryLog:
         for ev in events:
             self.last_sequence += 1
             batch.append((self.last_sequence, ev))
+        self._keep(batch)
+        return batch
+
+    def restore(self, batch: list[tuple[int, kevent]], last_sequence: int) -> None:
+        """Take back what a previous daemon delivered (from the state store)."""
+        self._keep(batch)
+        self.last_sequence = last_sequence
+
+    def _keep(self, batch: list[tuple[int, kevent]]) -> None:
         self._events.extend(batch)
-        self._bytes += sum(len(ev.udata) for ev in events) + _EVENT_OVERHEAD * len(events)
+        self._bytes += sum(len(ev.udata) for _, ev in batch) + _EVENT_OVERHEAD * len(batch)
         while self._events and (
             len(self._events) > self._capacity or self._bytes > self._max_bytes
         ):
             _, old = self._events.popleft()
             self._bytes -= len(old.udata) + _EVENT_OVERHEAD
-        return batch
 
     def after(self, sequence: int, limit: int) -> list[tuple[int, kevent]]:
         """Up to *limit* kept events after *sequence*; ResumeTooOldError if some are gone."""

@@ -178,6 +178,11 @@ class Listeners:
             relay.path.chmod(0o660)
             relay.start()
 
+    def stop_accepting(self) -> None:
+        """Shutdown has begun: no new Unix connections (relayed ones go on until close)."""
+        for relay in self.relays:
+            relay.stop_accepting()
+
     def close(self) -> None:
         for relay in self.relays:
             relay.close()

@@ -105,6 +105,11 @@ class PeerCredentialRelay:
         with self._lock:
             return self._peers.get(peer)
 
+    def stop_accepting(self) -> None:
+        """Accept no new connection (shutdown); those relayed already go on."""
+        if self._thread.is_alive():
+            self._wake_w.send(b"s")
+
     def close(self) -> None:
         """Stop accepting, drop every relayed connection, remove the private directory."""
         if self._thread.is_alive():
@@ -124,7 +129,10 @@ class PeerCredentialRelay:
             while True:
                 for key, _ in self._selector.select():
                     if key.fileobj is self._wake_r:
-                        return
+                        if self._wake_r.recv(1) == b"x":
+                            return
+                        self._selector.unregister(self._listener)
+                        continue
                     if key.fileobj is self._listener:
                         conn = self._accept()
                         if conn is not None:

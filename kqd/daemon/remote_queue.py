@@ -11,35 +11,61 @@ can take events the other then never sees.
 A queue is *in use* while any call or stream is running on it: the lease counts only idle time,
 so a call that waits longer than the lease keeps its queue. When the queue ends (CloseQueue, an
 idle lease, shutdown) every call waiting on it is woken at once and told why (QueueClosedError).
-Descriptor idents are confined to the queue's own table.
+Descriptor idents are the client's numbers in the queue's own table (DescriptorTable), never
+the daemon's other descriptors.
+
+With a state store, the queue writes down what it must not lose, and ``persist()`` makes it
+durable: every knote a change touched (the queue is the core's admission hook, so it hears of
+each knote created, modified or gone), and, before a Wait stream sends them, the events it
+numbered together with the knotes those deliveries changed or dropped. A queue brought back
+from the store after a restart starts with the events its objects owe (``inject``): the
+EV_EOF of a descriptor whose object is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from kqd.core import (
     KQ_EV_DELETE,
+    KQ_EV_DISPATCH,
     KQ_EV_RECEIPT,
     KQ_FILTER_READ,
+    KQ_FILTER_TIMER,
+    KQ_FILTER_USER,
     KQ_FILTER_VNODE,
     KQ_FILTER_WRITE,
     kevent,
     kqueue,
 )
 from kqd.core.linux import syscalls
+from kqd.core.linux.knote import Knote
 from kqd.daemon.delivery_log import DeliveryLog
 from kqd.daemon.metrics_delivery import delivery
+from kqd.daemon.descriptor_table import DescriptorTable
 from kqd.daemon.quotas import Usage
 from kqd.daemon.readiness import Readiness
+from kqd.daemon.store import QueueRecord, StateStore
 
 FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
+# Filters whose state changes when an event is delivered (a trigger consumed, expirations
+# counted, the file's state seen): their knotes are written down again after each delivery, as
+# is any EV_DISPATCH knote (disabled by its delivery). ONESHOT and exited PROC knotes go by
+# themselves, and the release says so.
+_STATEFUL = (KQ_FILTER_USER, KQ_FILTER_TIMER, KQ_FILTER_VNODE)
 _NOT_A_DESCRIPTOR = 2**62
+
+
+def queue_key(queue_id: str) -> str:
+    """How the daemon files a queue: a SHA-256 of its id (the id is never written down)."""
+    return hashlib.sha256(queue_id.encode()).hexdigest()
 
 
 class QueueClosedError(Exception):
@@ -52,22 +78,40 @@ class RemoteQueue:
     # Descriptors a queue holds besides its table: the kqueue's epoll, eventfd and timerfd.
     OWN_DESCRIPTORS = 3
 
-    def __init__(self, lease: float, owner: str, usage: Usage) -> None:
+    def __init__(
+        self,
+        lease: float,
+        owner: str,
+        usage: Usage,
+        store: StateStore | None = None,
+        key: str | None = None,
+    ) -> None:
         """A queue of principal *owner*, whose *usage* has been charged for the queue and
-        OWN_DESCRIPTORS; close() gives that back, with the table's descriptors."""
-        self.queue_id = secrets.token_urlsafe(24)  # 192 random bits
+        OWN_DESCRIPTORS; close() gives that back, with the table's descriptors. Without *key*
+        a new queue with a new id (``queue_id``, handed to its client once); with one, a queue
+        brought back from *store*."""
+        self.queue_id = secrets.token_urlsafe(24) if key is None else ""  # 192 random bits
+        self.key = key or queue_key(self.queue_id)
         self.owner = owner
         self.usage = usage
+        self.store = store
         self.kq = kqueue()
+        self.kq.admission = self
+        self.policy: Any = None  # the principal's admission (authorization and quotas)
         self.lease = lease
-        self.descriptors: set[int] = set()
-        # Duplicates of other processes' descriptors: our fd -> (pid, their fd).
-        self.peer_fds: dict[int, tuple[int, int]] = {}
+        self.descriptors = DescriptorTable()
         self.log = DeliveryLog()
         self.users = 0  # calls and streams running on the queue now
         self.closed_because: str | None = None
         self.last_seen = time.monotonic()
         self._readiness = Readiness(self.kq.fileno())
+        self._dirty: dict[tuple[int, int], tuple[int, int]] = {}  # client key -> core key
+        self._injected: list[kevent] = []
+
+    @property
+    def short(self) -> str:
+        """How the queue appears in logs."""
+        return self.key[:8]
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator[RemoteQueue]:
@@ -84,89 +128,168 @@ class RemoteQueue:
 
     def close(self, because: str) -> None:
         """End the queue: wake every call waiting on it (they fail with *because*), then
-        release the kqueue and every descriptor of its table. A second close does nothing."""
+        release the kqueue and every descriptor of its table. A second close does nothing.
+        The store is not touched: a queue closed for good is dropped from it by the caller."""
         if self.closed_because is not None:
             return
         self.closed_because = because
         self._readiness.wake()
+        self.store = None  # what the knotes' release would write is no news any more
         self.kq.close()
-        for fd in self.descriptors:
+        for fd in self.descriptors.live():
             os.close(fd)
-        self.usage.release("descriptors", len(self.descriptors))
+        self.usage.release("descriptors", len(self.descriptors.live()))
         self.usage.release("queues", 1)
         self.usage.release_daemon_fds(self.OWN_DESCRIPTORS)
-        self.descriptors.clear()
-        self.peer_fds.clear()
+        self.descriptors = DescriptorTable()
 
     def check_open(self) -> None:
         if self.closed_because is not None:
             raise QueueClosedError(self.closed_because)
 
+    # ------------------------------------------------------------------ the core's admission
+
+    def admit(self, change: kevent, existing: Knote | None) -> None:
+        if self.policy is not None:
+            self.policy.admit(change, existing)
+        self._touched(change.ident, change.filter)
+
+    def released(self, kn: Knote) -> None:
+        if self.policy is not None:
+            self.policy.released(kn)
+        self._touched(kn.ident, kn.filter)
+
+    def _touched(self, ident: int, filter_: int) -> None:
+        if self.store is not None:
+            number = self.descriptors.number(ident) if filter_ in FD_FILTERS else ident
+            self._dirty[(number, filter_)] = (ident, filter_)
+
+    # ------------------------------------------------------------------ persistence
+
+    def record(self) -> QueueRecord:
+        return QueueRecord(self.key, self.owner, None, self.lease, self.log.last_sequence)
+
+    def persist(self) -> None:
+        """Write down every knote touched since the last time, and make it all durable."""
+        store = self.store
+        if store is None:
+            return
+        for (number, filter_), (ident, _) in self._dirty.items():
+            snapshot = self.kq.snapshot(ident, filter_)
+            if snapshot is None:
+                store.drop_knote(self.key, number, filter_)
+            else:
+                change = snapshot.change
+                change.ident = number
+                store.put_knote(self.key, snapshot)
+        self._dirty.clear()
+        store.commit()
+
+    def inject(self, event: kevent) -> None:
+        """An event the queue owes its client for a stored knote it could not re-arm (after a
+        restart): delivered once, the knote's row going when the event is taken."""
+        self._injected.append(event)
+
+    def forget_knote(self, number: int, filter_: int) -> None:
+        """Drop the stored knote (*number*, *filter_*) at the next persist()."""
+        if self.store is not None:
+            self._dirty[(number, filter_)] = (_NOT_A_DESCRIPTOR, filter_)
+
     # ------------------------------------------------------------------ descriptors
 
-    def adopt(self, fd: int, peer: tuple[int, int] | None = None) -> int:
-        """Take *fd* into the queue's table (its "descriptors" quota is already charged);
-        *peer*: (pid, fd) when it duplicates another process's descriptor."""
-        self.descriptors.add(fd)
-        if peer is not None:
-            self.peer_fds[fd] = peer
-        return fd
+    def adopt(self, fd: int, kind: str, spec: dict[str, Any], number: int | None = None) -> int:
+        """Take *fd* into the queue's table (its "descriptors" quota is already charged) and
+        write it down; the client's number for it."""
+        number = self.descriptors.add(fd, kind, spec, number)
+        if self.store is not None:
+            self.store.put_descriptor(self.key, number, kind, spec)
+        return number
 
     def release_abandoned_peer_fds(self) -> list[int]:
         """Close our duplicates of descriptors their owner closed, replaced or took to its
         exit: a duplicate keeps a socket open, so holding on would hide the close from the
-        peer. Returns the descriptors closed."""
+        peer. Returns the client's numbers closed."""
         me = os.getpid()
         gone = []
-        for fd, (pid, their_fd) in list(self.peer_fds.items()):
+        for number, entry in list(self.descriptors.entries.items()):
+            if entry.kind != "peer" or entry.real is None:
+                continue
             try:
-                still_shared = syscalls.same_file_description(pid, their_fd, me, fd)
+                still_shared = syscalls.same_file_description(
+                    entry.spec["pid"], entry.spec["fd"], me, entry.real
+                )
             except OSError as exc:
                 # EBADF/ESRCH: their descriptor or the process is gone. EPERM/ENOSYS: kcmp is
                 # forbidden here (a container without CAP_SYS_PTRACE): keep the duplicate.
                 still_shared = exc.errno not in (errno.EBADF, errno.ESRCH)
             if not still_shared:
-                self.close_descriptor(fd)
-                gone.append(fd)
+                self.close_descriptor(number)
+                gone.append(number)
         return gone
 
-    def close_descriptor(self, fd: int) -> None:
-        """Close *fd* of the queue's table, dropping its knotes first (as close(2) does)."""
-        self.kq.control(
-            [kevent(fd, filt, KQ_EV_DELETE | KQ_EV_RECEIPT) for filt in FD_FILTERS],
-            len(FD_FILTERS),
-            0,
-        )
-        self.descriptors.remove(fd)
-        self.peer_fds.pop(fd, None)
-        os.close(fd)
-        self.usage.release("descriptors", 1)
+    def close_descriptor(self, number: int) -> None:
+        """Close *number* of the queue's table, dropping its knotes first (as close(2) does)."""
+        real = self.descriptors.real(number)
+        if real is not None:
+            self.kq.control(
+                [kevent(real, filt, KQ_EV_DELETE | KQ_EV_RECEIPT) for filt in FD_FILTERS],
+                len(FD_FILTERS),
+                0,
+            )
+        self.persist()
+        self.descriptors.remove(number)
+        if self.store is not None:
+            self.store.drop_descriptor(self.key, number)
+        if real is not None:
+            os.close(real)
+            self.usage.release("descriptors", 1)
 
     # ------------------------------------------------------------------ events
 
     def confine(self, changes: list[kevent]) -> tuple[list[kevent], dict[int, int]]:
-        """Descriptor idents name the queue's own table, never the daemon's other descriptors:
-        a foreign one is swapped for an ident no descriptor can have, so the core answers
-        EBADF at its place in the changelist; the map gives the original idents back."""
+        """Descriptor idents name the queue's own table: each is swapped for the daemon's
+        descriptor behind it; one the table does not hold (or holds dead) for an ident no
+        descriptor can have, so the core answers EBADF at its place in the changelist. The map
+        gives the client's idents back."""
         confined, restore = [], {}
         for index, change in enumerate(changes):
-            if change.filter in FD_FILTERS and change.ident not in self.descriptors:
-                foreign = _NOT_A_DESCRIPTOR + index
-                restore[foreign] = change.ident
-                change = kevent(
-                    foreign, change.filter, change.flags, change.fflags, change.data, change.udata
-                )
+            if change.filter in FD_FILTERS:
+                real = self.descriptors.real(change.ident)
+                if real is None:
+                    real = _NOT_A_DESCRIPTOR + index
+                if real != change.ident:
+                    restore[real] = change.ident
+                    change = kevent(
+                        real, change.filter, change.flags, change.fflags, change.data, change.udata
+                    )
             confined.append(change)
         return confined, restore
+
+    def _collect(self, max_events: int) -> list[kevent]:
+        """Events owed since a restart first; then events from the core, with the client's
+        descriptor numbers."""
+        if self._injected:
+            owed, self._injected = self._injected[:max_events], self._injected[max_events:]
+            for ev in owed:
+                self.forget_knote(ev.ident, ev.filter)
+            return owed
+        events = self.kq.control(None, max_events, 0)
+        number = self.descriptors.number
+        for ev in events:
+            if ev.filter in FD_FILTERS:
+                ev.ident = number(ev.ident)
+        return events
 
     def control_now(self, changes: list[kevent], max_events: int) -> list[kevent]:
         """The core's control() with a zero timeout, confined to the queue's descriptors."""
         self.check_open()
         confined, restore = self.confine(changes)
-        events = self.kq.control(confined, max_events, 0)
-        for ev in events:
-            ev.ident = restore.get(ev.ident, ev.ident)
-        return events
+        receipts = self.kq.apply(confined, max_events)
+        if receipts is not None:
+            for ev in receipts:
+                ev.ident = restore.get(ev.ident, ev.ident)
+            return receipts
+        return self._collect(max_events) if max_events else []
 
     async def control(
         self, changes: list[kevent], max_events: int, timeout: float | None
@@ -182,7 +305,7 @@ class RemoteQueue:
                 return []
             await self._readiness.wait(remaining)
             self.check_open()
-            events = self.kq.control(None, max_events, 0)
+            events = self._collect(max_events)
             if events:
                 return events
 
@@ -191,19 +314,30 @@ class RemoteQueue:
     ) -> list[tuple[int, kevent]]:
         """Events after sequence *after*, from the log; [] when *heartbeat* seconds pass with
         nothing new. The log is consulted at every turn, not only at the start: another stream
-        of this queue may have collected (and numbered) events meanwhile."""
+        of this queue may have collected (and numbered) events meanwhile. New events are
+        durable (with the knotes their delivery changed) before they are returned."""
         deadline = time.monotonic() + heartbeat
         while True:
             self.check_open()
             if after < self.log.last_sequence:
                 return self.log.after(after, max_batch)
-            fresh = self.kq.control(None, max_batch, 0)
+            fresh = self._collect(max_batch)
             if fresh:
-                self.log.record(fresh)
+                batch = self.log.record(fresh)
                 delivery.collected(self, len(fresh))
+                if self.store is not None:
+                    for ev in fresh:
+                        if ev.filter in _STATEFUL or ev.flags & KQ_EV_DISPATCH:
+                            self._dirty.setdefault((ev.ident, ev.filter), self._core_key(ev))
+                    self.store.append_events(self.key, batch)
+                    self.persist()
                 self._readiness.wake()  # the other streams of this queue have news too
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
             await self._readiness.wait(remaining)
+
+    def _core_key(self, ev: kevent) -> tuple[int, int]:
+        real = self.descriptors.real(ev.ident) if ev.filter in FD_FILTERS else ev.ident
+        return (ev.ident if real is None else real, ev.filter)

@@ -7,7 +7,9 @@ import errno
 import logging
 import signal
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,11 +25,14 @@ from kqd.daemon.metrics_rpc import RpcMetricsInterceptor
 from kqd.daemon.policy import Policy, PolicyError
 from kqd.daemon.quotas import Accounts, raise_nofile_limit
 from kqd.daemon.reflection import enable_reflection
+from kqd.daemon.restore import restore_all
 from kqd.daemon.service import KQueueService
+from kqd.daemon.store import StateError, StateStore
 from kqd.v1 import admin_pb2_grpc, kqd_pb2, kqd_pb2_grpc
 
 log = logging.getLogger("kqd.daemon")
 
+SWITCH_INTERVAL = 0.0005
 SERVICE_NAME = kqd_pb2.DESCRIPTOR.services_by_name["KQueueService"].full_name
 _OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -39,8 +44,11 @@ _OPTIONS = [
 ]
 
 
-def serve_command(target: str, *extra: str, log_level: str = "warning") -> list[str]:
-    """The command line that runs ``kqd serve`` on *target* with this interpreter."""
+def serve_command(
+    target: str, *extra: str, log_level: str = "warning", state: Path | None = None
+) -> list[str]:
+    """The command line that runs ``kqd serve`` on *target* with this interpreter, keeping its
+    state in *state* (None: no state directory, nothing survives it)."""
     return [
         sys.executable,
         "-m",
@@ -50,6 +58,7 @@ def serve_command(target: str, *extra: str, log_level: str = "warning") -> list[
         target,
         "--log-level",
         log_level,
+        *(["--no-state"] if state is None else ["--state-dir", str(state)]),
         *extra,
     ]
 
@@ -75,6 +84,9 @@ class ServeOptions:
     tls: TlsFiles | None = None
     insecure_tcp: bool = False
     socket_group: int | None = None
+    state_dir: Path | None = None  # None: nothing survives the daemon
+    sync: str = "normal"
+    reset_state: bool = False
     policy: Policy | None = None
     # (host, port) for the Prometheus endpoint (kqd.daemon.metrics), None: no metrics.
     metrics_listen: tuple[str, int] | None = None
@@ -102,6 +114,10 @@ async def _start_metrics(
 
 
 async def serve(options: ServeOptions) -> int:
+    # The event loop, the peer-credential relay and gRPC's own threads take turns on the GIL.
+    # Under a busy loop, each handoff waits out the switch interval (5 ms by default), and a
+    # call crosses several: a shorter interval keeps other clients' calls quick.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     listeners = Listeners(options.tls, options.insecure_tcp, options.socket_group)
     identity = IdentityInterceptor((SERVICE_NAME, admin.SERVICE_NAME), listeners.relays)
     # The RPC metrics come first: they see what the identity interceptor refuses too.
@@ -125,6 +141,20 @@ async def serve(options: ServeOptions) -> int:
         log.error("%s", exc)
         listeners.close()
         return exc.status
+    try:
+        store = None
+        if options.state_dir is not None:
+            store = StateStore(options.state_dir, sync=options.sync, reset=options.reset_state)
+    except (StateError, OSError) as exc:
+        log.error("%s", exc)
+        listeners.close()
+        return 2
+    service.store = store
+    if store is not None:
+        started = time.monotonic()
+        count = await restore_all(service, store)
+        took = time.monotonic() - started
+        log.info("state in %s: %d queue(s) restored in %.3fs", options.state_dir, count, took)
     await server.start()
     listeners.start()
     for name in ("", SERVICE_NAME):
@@ -145,6 +175,7 @@ async def serve(options: ServeOptions) -> int:
     await stop.wait()
     log.info("shutting down: NOT_SERVING, then a %ss grace period for streams", options.grace)
     await health_servicer.enter_graceful_shutdown()
+    listeners.stop_accepting()
     service.shut_down()
     housekeeping.cancel()
     await server.stop(options.grace)
@@ -152,5 +183,7 @@ async def serve(options: ServeOptions) -> int:
         await metrics.close()
     listeners.close()
     access.close()
+    if store is not None:
+        store.close()
     log.info("kqd stopped")
     return 0

@@ -15,6 +15,7 @@ UNAVAILABLE when the daemon is shutting down (a Wait stream then ends with statu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import functools
 import logging
@@ -35,7 +36,9 @@ from kqd.daemon.delivery_log import ResumeTooOldError
 from kqd.daemon.identity import Principal, current_principal
 from kqd.daemon.metrics_delivery import delivery
 from kqd.daemon.quotas import Accounts, QuotaExceeded
-from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue
+from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue, queue_key
+from kqd.daemon.restore import object_identity
+from kqd.daemon.store import StateStore
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
 from kqd.wire import ERRNO_KEY, duration, fill_wire, from_wire, seconds_of, to_wire
 
@@ -49,7 +52,7 @@ DEFAULT_BATCH = 512
 HEARTBEAT_SECONDS = 5.0
 STUCK_SECONDS = 60.0
 HOUSEKEEPING_SECONDS = 1.0
-SHUTTING_DOWN = "kqd is shutting down; reconnect once it is back (the queue is gone)"
+SHUTTING_DOWN = "kqd is shutting down; reconnect once it is back"
 
 _OS_ERROR_STATUS = {
     errno.ENOENT: grpc.StatusCode.NOT_FOUND,
@@ -71,11 +74,6 @@ _OS_ERROR_ADVICE = {
 }
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
-
-
-def short_id(queue_id: str) -> str:
-    """How a queue id appears in logs: never whole."""
-    return f"{queue_id[:6]}…"
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -119,11 +117,18 @@ def rpc_errors(handler: Handler) -> Handler:
 
 
 class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
-    def __init__(self, lease: float, authorizer: Authorizer, accounts: Accounts) -> None:
+    def __init__(
+        self,
+        lease: float,
+        authorizer: Authorizer,
+        accounts: Accounts,
+        store: StateStore | None = None,
+    ) -> None:
         self.lease = lease
         self.authorizer = authorizer
         self.accounts = accounts
-        self.queues: dict[str, RemoteQueue] = {}
+        self.store = store
+        self.queues: dict[str, RemoteQueue] = {}  # by queue_key(queue id)
         self.stopping = False
 
     @staticmethod
@@ -137,7 +142,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         """The caller's queue *queue_id*, held for the duration of a call (see the module
         docstring). Another principal's queue does not exist for the caller: the same NOT_FOUND
         as a wrong id."""
-        queue = self.queues.get(queue_id)
+        queue = self.queues.get(queue_key(queue_id))
         if queue is not None and queue.owner != self._caller().name:
             queue = None
         if queue is None:
@@ -195,18 +200,25 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         with usage.bill() as bill:
             bill.charge("queues", 1, rules.quotas.queues)
             bill.charge_daemon_fds(RemoteQueue.OWN_DESCRIPTORS)
-            queue = RemoteQueue(lease, caller.name, usage)
-        queue.kq.admission = KnoteAdmission(
-            caller.name, lambda: self.authorizer.rules(caller), usage
-        )
-        self.queues[queue.queue_id] = queue
-        log.debug("%s created queue %s (lease %ss)", caller.name, short_id(queue.queue_id), lease)
+            queue = RemoteQueue(lease, caller.name, usage, self.store)
+        self.adopt_queue(queue, caller)
+        if self.store is not None:
+            record = queue.record()
+            record.owner_peer = None if caller.peer is None else dataclasses.asdict(caller.peer)
+            self.store.put_queue(record)
+            self.store.commit()
+        log.debug("%s created queue %s (lease %ss)", caller.name, queue.short, lease)
         return kqd_pb2.CreateQueueResponse(queue_id=queue.queue_id, lease=duration(lease))
+
+    def adopt_queue(self, queue: RemoteQueue, owner: Principal) -> None:
+        """Serve *queue* (new, or brought back from the store) for *owner*."""
+        queue.policy = KnoteAdmission(owner.name, lambda: self.authorizer.rules(owner), queue.usage)
+        self.queues[queue.key] = queue
 
     @rpc_errors
     async def CloseQueue(self, request, context):  # noqa: N802
         async with self._using(request.queue_id, context) as queue:
-            self._end(queue, "CloseQueue was called")
+            self._end(queue, "CloseQueue was called", forget=True)
         return kqd_pb2.CloseQueueResponse()
 
     async def _receipts(self, request, context, extra_flags: int) -> list[kqd_pb2.Kevent]:
@@ -221,6 +233,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                     error = exc.errno or errno.EINVAL
                 change.flags, change.data = KQ_EV_ERROR, error
                 receipts.append(to_wire(change))
+            queue.persist()  # durable before the receipts leave
         return receipts
 
     @rpc_errors
@@ -242,6 +255,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         async with self._using(request.queue_id, context) as queue:
             changes = await self._changes(request.changes, context)
             events = await queue.control(changes, request.max_events, timeout)
+            queue.persist()
         return kqd_pb2.KeventResponse(events=[to_wire(ev) for ev in events])
 
     @rpc_errors
@@ -295,7 +309,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 # The call ended under the write: the client cancelled it (a consumer that
                 # stopped reading), its deadline passed or its connection broke. Nobody is left
                 # to answer, and gRPC sees the cancellation by itself: not a daemon error.
-                log.debug("queue %s: Wait stream gone at its client", short_id(queue.queue_id))
+                log.debug("queue %s: Wait stream gone at its client", queue.short)
                 return
             except TimeoutError:
                 delivery.stuck()
@@ -308,16 +322,21 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
             delivery.sent(queue, items)
             if items:
                 after = items[-1][0]
+                # Bounded work per turn: a queue with a storm of events yields the loop after
+                # each batch, so every other client's calls get their turn in between.
+                await asyncio.sleep(0)
 
     async def _adopt(
         self,
         request: Any,
         context: grpc.aio.ServicerContext,
         opener: Callable[[Principal], Awaitable[int]],
-        peer: tuple[int, int] | None = None,
+        kind: str,
+        spec: dict[str, Any],
     ) -> int:
         """Open a descriptor for the caller (charged to its "descriptors" quota) into its
-        queue's table."""
+        queue's table, written down as *kind* with *spec* (plus its object's identity); the
+        client's number for it."""
         caller = self._caller()
         limit = self.authorizer.rules(caller).quotas.descriptors
         async with self._using(request.queue_id, context) as queue:
@@ -326,14 +345,20 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 if queue.closed_because is not None:  # closed while the open was under way
                     os.close(fd)
                     queue.check_open()
-                return queue.adopt(fd, peer)
+                number = queue.adopt(fd, kind, {**spec, **object_identity(kind, spec, fd)})
+                queue.persist()
+                return number
 
     @rpc_errors
     async def Open(self, request, context):  # noqa: N802
         if not request.path.startswith("/"):
             raise ValueError(f"path {request.path!r} is not absolute; give the whole path")
         fd = await self._adopt(
-            request, context, lambda caller: self.authorizer.open_path(caller, request.path)
+            request,
+            context,
+            lambda caller: self.authorizer.open_path(caller, request.path),
+            "path",
+            {"path": request.path},
         )
         return kqd_pb2.OpenResponse(fd=fd)
 
@@ -347,7 +372,9 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         async def getfd(caller: Principal) -> int:
             return self.authorizer.open_peer_fd(caller, request.pid, request.fd)
 
-        fd = await self._adopt(request, context, getfd, peer=(request.pid, request.fd))
+        fd = await self._adopt(
+            request, context, getfd, "peer", {"pid": request.pid, "fd": request.fd}
+        )
         return kqd_pb2.OpenPeerFdResponse(fd=fd)
 
     @rpc_errors
@@ -357,7 +384,9 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         async def connect(caller: Principal) -> int:
             return await self.authorizer.open_connection(caller, request.address, family, target)
 
-        fd = await self._adopt(request, context, connect)
+        fd = await self._adopt(
+            request, context, connect, "connection", {"address": request.address}
+        )
         return kqd_pb2.OpenConnectionResponse(fd=fd)
 
     @rpc_errors
@@ -372,11 +401,16 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                     "use a descriptor Open, OpenPeerFd or OpenConnection returned",
                 )
             queue.close_descriptor(request.fd)
+            queue.persist()
         return kqd_pb2.CloseDescriptorResponse()
 
-    def _end(self, queue: RemoteQueue, because: str) -> None:
-        self.queues.pop(queue.queue_id, None)
+    def _end(self, queue: RemoteQueue, because: str, *, forget: bool) -> None:
+        """Stop serving *queue*; *forget*: it is over for good (not only for this daemon)."""
+        self.queues.pop(queue.key, None)
         queue.close(because)
+        if forget and self.store is not None:
+            self.store.drop_queue(queue.key)
+            self.store.commit()
 
     async def housekeeping(self) -> None:
         """Once a second: let go of peer descriptors their owners closed (kcmp), and close
@@ -385,17 +419,17 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
             await asyncio.sleep(min(self.lease, HOUSEKEEPING_SECONDS))
             for queue in self.queues.values():
                 for fd in queue.release_abandoned_peer_fds():
-                    log.info(
-                        "queue %s: descriptor %d closed by its owner", short_id(queue.queue_id), fd
-                    )
+                    log.info("queue %s: descriptor %d closed by its owner", queue.short, fd)
+                queue.persist()
             now = time.monotonic()
             for queue in [q for q in self.queues.values() if q.expired(now)]:
-                log.debug("queue %s closed: idle for its lease", short_id(queue.queue_id))
-                self._end(queue, f"nobody used it for its lease of {queue.lease:g}s")
+                log.debug("queue %s closed: idle for its lease", queue.short)
+                self._end(queue, f"nobody used it for its lease of {queue.lease:g}s", forget=True)
 
     def shut_down(self) -> None:
         """End every queue now: waiting calls fail with UNAVAILABLE, Wait streams end with
         status OK, and new calls are refused."""
         self.stopping = True
         for queue in list(self.queues.values()):
-            self._end(queue, SHUTTING_DOWN)
+            queue.persist()
+            self._end(queue, SHUTTING_DOWN, forget=False)

@@ -226,11 +226,9 @@ class Kqueue:
         left to report a failure the call raises OSError with that errno.
         """
         changes, max_events, wait = check_control_args(changelist, max_events, timeout)
-        with self._lock:
-            self._check_open()
-            receipts = self._apply(changes, max_events)
-            if receipts is not None:
-                return receipts
+        receipts = self.apply(changes, max_events)
+        if receipts is not None:
+            return receipts
         if max_events == 0:
             return []
         deadline = None if wait is None else time.monotonic() + wait
@@ -321,6 +319,14 @@ class Kqueue:
                 kn.active = True
             if kn.active:
                 self._enqueue(kn)
+
+    def apply(self, changes: list[kevent], max_events: int) -> list[kevent] | None:
+        """control()'s first half, for hosts that collect events their own way: apply
+        *changes* (checked already) with control()'s rules; the EV_ERROR entries to return,
+        or None when control() would go on to collect events."""
+        with self._lock:
+            self._check_open()
+            return self._apply(changes, max_events)
 
     # ----------------------------------------------------------------- services for filters
 
