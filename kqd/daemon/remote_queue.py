@@ -48,8 +48,8 @@ from kqd.core import (
 from kqd.core.linux import syscalls
 from kqd.core.linux.knote import Knote
 from kqd.daemon.delivery_log import DeliveryLog
-from kqd.daemon.metrics_delivery import delivery
 from kqd.daemon.descriptor_table import DescriptorTable
+from kqd.daemon.metrics_delivery import delivery
 from kqd.daemon.quotas import Usage
 from kqd.daemon.readiness import Readiness
 from kqd.daemon.store import QueueRecord, StateStore
