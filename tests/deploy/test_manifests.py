@@ -108,7 +108,8 @@ def test_containerfile_contract() -> None:
     text = (DEPLOY / "Containerfile").read_text()
     assert text.count("FROM ") == 2, "multi-stage"
     assert "--no-index" in text, "installed from wheels, no network during the build"
-    assert "USER 65532" in text and 'VOLUME ["/run/kqd"]' in text
+    assert "USER 65532" in text and 'VOLUME ["/run/kqd", "/var/lib/kqd"]' in text
+    assert '"--state-dir", "/var/lib/kqd"' in text, "the state survives the container"
     assert 'CMD ["kqctl", "health"]' in text
     assert 'ENTRYPOINT ["kqd", "serve"' in text
 
@@ -193,3 +194,11 @@ def test_the_image_and_compose_carry_the_default_policy() -> None:
     kqd = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["kqd"]
     assert kqd["command"] == ["--policy", POLICY_PATH]
     assert f"./policy/default.toml:{POLICY_PATH}:ro" in kqd["volumes"]
+
+
+@pytest.mark.parametrize("manifest", ["sidecar.yaml", "daemonset.yaml"])
+def test_manifests_keep_the_state_outside_the_container(manifest: str) -> None:
+    """kqd's state directory is a volume that outlives the container (an emptyDir survives a
+    container restart within its pod; the DaemonSet keeps it on the node)."""
+    text = (DEPLOY / "k8s" / manifest).read_text()
+    assert "name: kqd-state" in text and "mountPath: /var/lib/kqd" in text
