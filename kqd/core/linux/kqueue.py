@@ -286,35 +286,14 @@ class Kqueue:
         change = snapshot.change
         with self._lock:
             self._check_open()
-            fop = self._filters.get(change.filter)
-            if fop is None:
-                raise OSError(errno.EINVAL, f"unknown filter {change.filter}")
-            if fop.is_fd:
-                if change.ident == self._epoll.fileno():
-                    raise OSError(errno.EINVAL, "a kqueue cannot watch itself")
-                self.fds.check(change.ident)
-            key = (change.ident, change.filter)
-            if key in self._knotes:
+            fop = self._filter_of(change)
+            if (change.ident, change.filter) in self._knotes:
                 raise OSError(errno.EEXIST, "the knote exists already")
             if self.admission is not None:
                 self.admission.admit(change, None)
-            kn = Knote(
-                ident=change.ident,
-                filter=change.filter,
-                flags=change.flags & _KEPT_FLAGS_MASK,
-                sfflags=change.fflags,
-                sdata=change.data,
-                udata=change.udata,
-                fop=fop,
-                disabled=snapshot.disabled,
+            kn = self._create(
+                change, change.flags, snapshot.disabled, lambda kn: fop.restore(kn, snapshot.state)
             )
-            try:
-                fop.restore(kn, snapshot.state)
-            except BaseException:
-                if self.admission is not None:
-                    self.admission.released(kn)
-                raise
-            self._knotes[key] = kn
             if not kn.disabled and fop.event(kn, None):
                 kn.active = True
             if kn.active:
@@ -482,37 +461,14 @@ class Kqueue:
                 errno.EINVAL,
                 "KQ_EV_KEEPUDATA keeps an existing knote's udata: use it without KQ_EV_ADD",
             )
-        fop = self._filters.get(change.filter)
-        if fop is None:
-            raise OSError(errno.EINVAL, f"unknown filter {change.filter}")
-        if fop.is_fd:
-            if change.ident == self._epoll.fileno():
-                raise OSError(errno.EINVAL, "a kqueue cannot watch itself")
-            self.fds.check(change.ident)
-        key = (change.ident, change.filter)
-        kn = self._knotes.get(key)
+        fop = self._filter_of(change)
+        kn = self._knotes.get((change.ident, change.filter))
         if kn is None and not flags & KQ_EV_ADD:
             raise OSError(errno.ENOENT, "no such knote")
         if self.admission is not None and not (kn is not None and flags & KQ_EV_DELETE):
             self.admission.admit(change, kn)
         if kn is None:
-            kn = Knote(
-                ident=change.ident,
-                filter=change.filter,
-                flags=flags & _KEPT_FLAGS_MASK,
-                sfflags=change.fflags,
-                sdata=change.data,
-                udata=change.udata,
-                fop=fop,
-                disabled=bool(flags & KQ_EV_DISABLE),
-            )
-            try:
-                fop.attach(kn)
-            except BaseException:
-                if self.admission is not None:
-                    self.admission.released(kn)
-                raise
-            self._knotes[key] = kn
+            kn = self._create(change, flags, bool(flags & KQ_EV_DISABLE), fop.attach)
         elif flags & KQ_EV_DELETE:
             self.drop(kn)
             return
@@ -533,6 +489,43 @@ class Kqueue:
             kn.active = True
         if kn.active:
             self._enqueue(kn)
+
+    def _filter_of(self, change: kevent) -> Filter:
+        """The filter *change* names, its ident checked: EINVAL for an unknown filter or this
+        kqueue itself, EBADF for a descriptor filter's ident that is no descriptor."""
+        fop = self._filters.get(change.filter)
+        if fop is None:
+            raise OSError(errno.EINVAL, f"unknown filter {change.filter}")
+        if fop.is_fd:
+            if change.ident == self._epoll.fileno():
+                raise OSError(errno.EINVAL, "a kqueue cannot watch itself")
+            self.fds.check(change.ident)
+        return fop
+
+    def _create(
+        self, change: kevent, flags: int, disabled: bool, arm: Callable[[Knote], None]
+    ) -> Knote:
+        """A new knote for *change* (admitted already), armed on its object by *arm* (the
+        filter's attach or restore) and entered in the table; if *arm* fails, the admission
+        hears the knote is gone and nothing of it is left."""
+        kn = Knote(
+            ident=change.ident,
+            filter=change.filter,
+            flags=flags & _KEPT_FLAGS_MASK,
+            sfflags=change.fflags,
+            sdata=change.data,
+            udata=change.udata,
+            fop=self._filters[change.filter],
+            disabled=disabled,
+        )
+        try:
+            arm(kn)
+        except BaseException:
+            if self.admission is not None:
+                self.admission.released(kn)
+            raise
+        self._knotes[kn.key] = kn
+        return kn
 
     def _drain_ready(self) -> None:
         """Pump every source that is ready now, however many (epoll hands them out in batches)."""
