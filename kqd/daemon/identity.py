@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from kqd.daemon.credentials import Credentials
+from kqd.daemon.interceptors import rewrap
 from kqd.daemon.peer_relay import PeerCredentialRelay
 
 ANONYMOUS_TCP = "tcp:anonymous"
@@ -81,11 +82,7 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(self._prefixes):
             return handler
-        kind = "unary_unary" if handler.unary_unary else "unary_stream"
-        if handler.stream_stream:
-            kind = "stream_stream"
-        behaviour = getattr(handler, kind)
-        return handler._replace(**{kind: self._guard(behaviour)})
+        return rewrap(handler, lambda behaviour, _: self._guard(behaviour))
 
     def _guard(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def who(context: grpc.aio.ServicerContext) -> Principal:

@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from kqd.daemon.interceptors import rewrap
 from kqd.daemon.metrics_delivery import Histogram
 
 #: Upper bounds (seconds) of the RPC latency buckets: 100 us to 60 s.
@@ -31,7 +32,6 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
-_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 # A method's labels: (service, method), e.g. ("kqd.v1.KQueueService", "Register").
 Method = tuple[str, str]
 
@@ -66,10 +66,11 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        kind = next(k for k in _KINDS if getattr(handler, k) is not None)
         service, _, method = details.method.lstrip("/").rpartition("/")
-        wrapped = self._wrap(getattr(handler, kind), (service, method), kind == "unary_unary")
-        return handler._replace(**{kind: wrapped})
+        return rewrap(
+            handler,
+            lambda behaviour, kind: self._wrap(behaviour, (service, method), kind == "unary_unary"),
+        )
 
     def _wrap(
         self, behaviour: Callable[..., Any], method: Method, timed: bool

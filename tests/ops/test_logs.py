@@ -17,7 +17,7 @@ from tests.conftest import WAIT_BOUND, sleeper, start_daemon
 from tests.ops.conftest import kqctl
 
 # What a daemon logs at info about its own life (start, stop), not about its callers.
-LIFECYCLE = ("kqd serving on", "metrics on", "shutting down", "kqd stopped")
+LIFECYCLE = ("kqd serving on", "metrics on", "restored in", "shutting down", "kqd stopped")
 
 
 def stopped_log(daemon) -> list[str]:
