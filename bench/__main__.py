@@ -43,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (1 if args.quick else 3)
     if runs < 1:
         parser.error("--runs takes a positive number")
-    report.run(
+    failed = report.run(
         quick=args.quick,
         out=args.out,
         runs=runs,
         only=REMOTE_SECTIONS if args.name == "remote" else only,
     )
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

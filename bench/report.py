@@ -9,6 +9,7 @@ each marked met or MISSED with the number measured (bench/targets.py).
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,21 +97,30 @@ def _plots(out: Path, results: Results) -> list[str]:
     return written
 
 
-def run(*, quick: bool, out: Path, runs: int, only: set[str] | None = None) -> str:
-    """Run the sections (all, or *only* these) *runs* times and write the report."""
+def run(*, quick: bool, out: Path, runs: int, only: set[str] | None = None) -> list[str]:
+    """Run the sections (all, or *only* these) *runs* times and write the report; the sections
+    that failed (each failure is in the report, and the others still run)."""
     started = time.monotonic()
     results = Results()
+    failed: list[str] = []
     for number in range(1, runs + 1):
         with session(quick) as run_:
             for key, measure in SECTIONS.items():
                 if only is not None and key not in only:
                     continue
                 section_start = time.monotonic()
-                for table in measure(run_):
+                try:
+                    tables = measure(run_)
+                except Exception as exc:  # reported, and the other sections still run
+                    traceback.print_exc()
+                    failed.append(f"{key}, run {number}: {type(exc).__name__}: {exc}")
+                    continue
+                for table in tables:
                     results.add(table)
                     print(f"run {number}/{runs}: {table.markdown()}\n")
                 print(f"({key}: {time.monotonic() - section_start:.0f} s)\n", flush=True)
     sections = [results.markdown(key) for key in results.tables]
+    sections += ["### Failed\n\n" + "\n".join(f"- {f}" for f in failed)] if failed else []
     report = "\n\n".join(sections)
     if only is None:
         report += "\n\n### Targets\n\n" + "\n".join(targets.check(results))
@@ -127,4 +137,4 @@ def run(*, quick: bool, out: Path, runs: int, only: set[str] | None = None) -> s
     (out / "report.md").write_text(report)
     print(report)
     print(f"wrote {out / 'report.md'}")
-    return report
+    return failed

@@ -48,7 +48,7 @@ class Targets:
         if b is None or first is None:
             return first
         second = self.results.runs(*b)
-        if second is None or op is None or 0 in second:
+        if second is None or op is None or 0 in second or len(second) != len(first):
             return None
         return [op(x, y) for x, y in zip(first, second, strict=True)]
 
@@ -215,6 +215,9 @@ def check(results: Results) -> list[str]:
         unit="/s",
     )
 
+    served = t.value(("throughput", throughput.SERVED, 0))
+    if served is not None:
+        t.note("100 busy streams: streams that got any event in the window", f"{served:.0f} of 100")
     loaded = ("fairness", exit_latency.STREAM, P99)
     t.judge(
         "fairness: wake-up p99 <= 5 ms while another client registers in bulk",
