@@ -24,6 +24,7 @@ EV_EOF of a descriptor whose object is gone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -61,6 +62,7 @@ FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
 # themselves, and the release says so.
 _STATEFUL = (KQ_FILTER_USER, KQ_FILTER_TIMER, KQ_FILTER_VNODE)
 _NOT_A_DESCRIPTOR = 2**62
+SLICE = 256  # changes applied per loop turn: bounded work per call
 
 
 def queue_key(queue_id: str) -> str:
@@ -294,7 +296,17 @@ class RemoteQueue:
     async def control(
         self, changes: list[kevent], max_events: int, timeout: float | None
     ) -> list[kevent]:
-        """kevent(2) in one round trip, without blocking the event loop."""
+        """kevent(2) in one round trip, without blocking the event loop: a long changelist
+        with nowhere to report (max_events 0, the usual registration) is applied a slice per
+        loop turn, so other clients' calls are served in between (the same outcome: with no
+        room, the first failing change raises and ends the call)."""
+        if max_events == 0 and len(changes) > SLICE:
+            for start in range(0, len(changes), SLICE):
+                self.check_open()
+                if self.kq.apply(self.confine(changes[start : start + SLICE])[0], 0) is not None:
+                    break  # a receipt with no room to report it ends the call, as in FreeBSD
+                await asyncio.sleep(0)
+            return []
         events = self.control_now(changes, max_events)
         if events or max_events == 0 or timeout == 0:
             return events

@@ -36,7 +36,7 @@ from kqd.daemon.delivery_log import ResumeTooOldError
 from kqd.daemon.identity import Principal, current_principal
 from kqd.daemon.metrics_delivery import delivery
 from kqd.daemon.quotas import Accounts, QuotaExceeded
-from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue, queue_key
+from kqd.daemon.remote_queue import SLICE, QueueClosedError, RemoteQueue, queue_key
 from kqd.daemon.restore import object_identity
 from kqd.daemon.store import StateStore
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
@@ -225,7 +225,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         """Apply each change alone and answer one receipt per change (data 0 or the errno)."""
         receipts = []
         async with self._using(request.queue_id, context) as queue:
-            for change in await self._changes(request.changes, context, extra_flags):
+            changes = await self._changes(request.changes, context, extra_flags)
+            for index, change in enumerate(changes, start=1):
                 try:
                     queue.control_now([change], 0)
                     error = 0
@@ -233,6 +234,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                     error = exc.errno or errno.EINVAL
                 change.flags, change.data = KQ_EV_ERROR, error
                 receipts.append(to_wire(change))
+                if index % SLICE == 0:
+                    await asyncio.sleep(0)  # bounded work per loop turn (see RemoteQueue)
             queue.persist()  # durable before the receipts leave
         return receipts
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import select
 import socket
@@ -17,6 +18,7 @@ from kqd.core import (
     KQ_EV_ERROR,
     KQ_EV_FORCEONESHOT,
     KQ_EV_KEEPUDATA,
+    KQ_EV_RECEIPT,
     KQ_FILTER_READ,
     KQ_FILTER_USER,
     KQ_NOTE_TRIGGER,
@@ -182,3 +184,16 @@ def test_forgotten_kqueue_releases_its_descriptors(backend) -> None:
         del kq
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) - before <= 1
+
+
+def test_a_long_changelist_without_room_stops_at_its_first_error(kq) -> None:
+    """kevent(2)'s rule, also when the daemon applies a long changelist in slices: with no room
+    to report, the first failing change raises; the changes before it stay applied, the ones
+    after it are not."""
+    changes = [kevent(i, KQ_FILTER_USER, KQ_EV_ADD) for i in range(1000)]
+    changes[700] = kevent(700, KQ_FILTER_USER, KQ_EV_DELETE)  # no such knote: ENOENT
+    with pytest.raises(OSError) as info:
+        kq.control(changes, 0)
+    assert info.value.errno == errno.ENOENT
+    probes = [kevent(i, KQ_FILTER_USER, KQ_EV_DELETE | KQ_EV_RECEIPT) for i in (0, 699, 701)]
+    assert [r.data for r in kq.control(probes, 3, 0)] == [0, 0, errno.ENOENT]
