@@ -300,6 +300,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         quiet_for = 0.0
         while True:
             items = await queue.next_batch(after, batch, quiet_for)
+            await asyncio.sleep(0)  # collecting and sending are two turns of the loop
             quiet_for = HEARTBEAT_SECONDS
             response = kqd_pb2.WaitResponse(last_sequence=queue.log.last_sequence)
             for sequence, ev in items:

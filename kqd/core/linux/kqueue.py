@@ -153,6 +153,7 @@ class Kqueue:
         self._timers: list[tuple[int, int, TimerHandle]] = []
         self._timer_seq = itertools.count()
         self._timerfd_deadline: int | None = None
+        self._running_timers = False
         self._sources: dict[int, Source] = {}
         self._inbox: deque[Callable[[], None]] = deque()
         self._knotes: dict[tuple[int, int], Knote] = {}
@@ -356,7 +357,11 @@ class Kqueue:
         """Call ``callback(now_ns)`` at CLOCK_MONOTONIC *deadline_ns* (or soon after)."""
         handle = TimerHandle(deadline_ns, callback)
         heapq.heappush(self._timers, (deadline_ns, next(self._timer_seq), handle))
-        self._arm_timerfd()
+        # The timerfd only has to fire for the earliest deadline: re-arm it (a syscall) when
+        # this one comes first, never while the due timers run (they re-arm it once, after).
+        armed = self._timerfd_deadline
+        if not self._running_timers and (armed is None or deadline_ns < armed):
+            self._arm_timerfd()
         return handle
 
     def register(self, change: kevent) -> int:
@@ -557,10 +562,14 @@ class Kqueue:
 
     def _run_timers(self) -> None:
         now = time.monotonic_ns()
-        while self._timers and self._timers[0][0] <= now:
-            handle = heapq.heappop(self._timers)[2]
-            if not handle.cancelled:
-                handle.callback(now)
+        self._running_timers = True
+        try:
+            while self._timers and self._timers[0][0] <= now:
+                handle = heapq.heappop(self._timers)[2]
+                if not handle.cancelled:
+                    handle.callback(now)
+        finally:
+            self._running_timers = False
         self._arm_timerfd()
 
     def _arm_timerfd(self) -> None:
