@@ -435,10 +435,13 @@ class CallerAccess:
     # ------------------------------------------------------------------ inside
 
     def _is_direct(self, creds: Credentials) -> bool:
-        """True when the daemon itself has the caller's uid; raises when it cannot act as it."""
+        """True when the daemon may act with its own rights: it has the caller's uid, or the
+        caller is root (who could do all the daemon can, and more: a daemon that is not root,
+        in a container say, then serves root with less than root's rights, never more).
+        Raises when it cannot act as the caller."""
         if self._closed:
             raise OSError(errno.ESHUTDOWN, "kqd is shutting down")
-        if creds.uid == self._euid:
+        if creds.uid in (self._euid, 0):
             return True
         if self._euid != 0:
             raise PermissionError(

@@ -513,6 +513,9 @@ async def main():
         await access.open(Credentials({user_b.uid}, {user_b.gid}, ()), {str(path)!r})
     except PermissionError as exc:
         print(exc)
+    # root could open all the daemon can: served with the daemon's (lesser) rights
+    fd = await access.open(Credentials(0, 0, ()), {str(path)!r})
+    print(os.read(fd, 10).decode())
     access.close()
 
 asyncio.run(main())
@@ -524,4 +527,5 @@ asyncio.run(main())
     assert result.stdout.splitlines() == [
         "a's",
         f"[Errno 1] kqd runs as uid {user_a.uid}, not as root: it cannot act as uid {user_b.uid}",
+        "a's",
     ]
