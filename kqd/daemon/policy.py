@@ -161,8 +161,6 @@ class PolicyError(Exception):
         self.source, self.line, self.key, self.problem = source, line, key, problem
 
 
-
-
 @dataclass(frozen=True)
 class ConnectRule:
     """One ``connect`` entry: a network and an inclusive port range."""

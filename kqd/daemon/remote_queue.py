@@ -56,11 +56,13 @@ from kqd.daemon.readiness import Readiness
 from kqd.daemon.store import QueueRecord, StateStore
 
 FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
-# Filters whose state changes when an event is delivered (a trigger consumed, expirations
-# counted, the file's state seen): their knotes are written down again after each delivery, as
-# is any EV_DISPATCH knote (disabled by its delivery). ONESHOT and exited PROC knotes go by
-# themselves, and the release says so.
-_STATEFUL = (KQ_FILTER_USER, KQ_FILTER_TIMER, KQ_FILTER_VNODE)
+# Filters whose state changes when an event is delivered (expirations counted, the file's state
+# seen): their knotes are written down again with each delivery, as is any EV_DISPATCH knote
+# (disabled by its delivery). ONESHOT and exited PROC knotes go by themselves, and the release
+# says so. A USER knote's consumed trigger is the exception, for speed (USER events are the
+# high-rate case): the log itself says it was delivered (restore.py reads it so), and the
+# knote is written down again at the next refresh(); until then the log keeps those events.
+_STATEFUL = (KQ_FILTER_TIMER, KQ_FILTER_VNODE)
 _NOT_A_DESCRIPTOR = 2**62
 SLICE = 256  # changes applied per loop turn: bounded work per call
 
@@ -108,6 +110,7 @@ class RemoteQueue:
         self.last_seen = time.monotonic()
         self._readiness = Readiness(self.kq.fileno())
         self._dirty: dict[tuple[int, int], tuple[int, int]] = {}  # client key -> core key
+        self._delivered: dict[tuple[int, int], tuple[int, int]] = {}  # USER, since refresh()
         self._injected: list[kevent] = []
 
     @property
@@ -176,16 +179,29 @@ class RemoteQueue:
         store = self.store
         if store is None:
             return
+        puts, drops = [], []
         for (number, filter_), (ident, _) in self._dirty.items():
             snapshot = self.kq.snapshot(ident, filter_)
             if snapshot is None:
-                store.drop_knote(self.key, number, filter_)
+                drops.append((number, filter_))
             else:
-                change = snapshot.change
-                change.ident = number
-                store.put_knote(self.key, snapshot)
+                snapshot.change.ident = number
+                puts.append(snapshot)
+        store.put_knotes(self.key, puts, self.log.last_sequence)
+        store.drop_knotes(self.key, drops)
         self._dirty.clear()
         store.commit()
+
+    def refresh(self) -> None:
+        """Write down the USER knotes delivered since the last refresh, and let the log on
+        disk forget what it no longer needs to keep (a second or so of housekeeping)."""
+        if self.store is None:
+            return
+        for client_key, core_key in self._delivered.items():
+            self._dirty.setdefault(client_key, core_key)
+        self._delivered.clear()
+        self.store.trim(self.key, self.log.last_sequence)
+        self.persist()
 
     def inject(self, event: kevent) -> None:
         """An event the queue owes its client for a stored knote it could not re-arm (after a
@@ -341,6 +357,8 @@ class RemoteQueue:
                     for ev in fresh:
                         if ev.filter in _STATEFUL or ev.flags & KQ_EV_DISPATCH:
                             self._dirty.setdefault((ev.ident, ev.filter), self._core_key(ev))
+                        elif ev.filter == KQ_FILTER_USER:
+                            self._delivered[(ev.ident, ev.filter)] = (ev.ident, ev.filter)
                     self.store.append_events(self.key, batch)
                     self.persist()
                 self._readiness.wake()  # the other streams of this queue have news too

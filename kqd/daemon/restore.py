@@ -30,8 +30,10 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from kqd.core import (
+    KQ_EV_CLEAR,
     KQ_EV_EOF,
     KQ_FILTER_READ,
+    KQ_FILTER_USER,
     KQ_FILTER_VNODE,
     KQ_FILTER_WRITE,
     KQ_NOTE_REVOKE,
@@ -121,8 +123,10 @@ async def restore_queue(
             usage.charge("descriptors", 1, _UNLIMITED)
         else:
             log.info("queue %s: descriptor %d (%s) did not come back", queue.short, number, kind)
-    for snapshot in record.knotes:
+    delivered = {(ev.ident, ev.filter): seq for seq, ev in record.events}  # the last of each
+    for snapshot, seq in record.knotes:
         change = snapshot.change
+        _consumed_since(snapshot, seq, delivered)
         number = change.ident
         if change.filter in (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE):
             entry = queue.descriptors.entries.get(number)
@@ -139,6 +143,21 @@ async def restore_queue(
             )  # fmt: skip
             queue.forget_knote(number, change.filter)
     queue.persist()
+
+
+def _consumed_since(
+    snapshot: KnoteSnapshot, seq: int, delivered: dict[tuple[int, int], int]
+) -> None:
+    """A USER knote written down triggered, then delivered (the log says so, after *seq*):
+    with EV_CLEAR, that delivery consumed the trigger (see remote_queue's _STATEFUL)."""
+    change = snapshot.change
+    if (
+        change.filter == KQ_FILTER_USER
+        and change.flags & KQ_EV_CLEAR
+        and snapshot.state.get("triggered")
+        and delivered.get((change.ident, change.filter), 0) > seq
+    ):
+        snapshot.state["triggered"] = False
 
 
 def owner_of(record: QueueRecord) -> Principal:

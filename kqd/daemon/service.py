@@ -424,7 +424,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
             for queue in self.queues.values():
                 for fd in queue.release_abandoned_peer_fds():
                     log.info("queue %s: descriptor %d closed by its owner", queue.short, fd)
-                queue.persist()
+                queue.refresh()
             now = time.monotonic()
             for queue in [q for q in self.queues.values() if q.expired(now)]:
                 log.debug("queue %s closed: idle for its lease", queue.short)
@@ -435,5 +435,5 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         status OK, and new calls are refused."""
         self.stopping = True
         for queue in list(self.queues.values()):
-            queue.persist()
+            queue.refresh()
             self._end(queue, SHUTTING_DOWN, forget=False)

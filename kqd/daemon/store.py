@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,18 +61,15 @@ CREATE TABLE knotes (
     udata BLOB NOT NULL,
     disabled INTEGER NOT NULL,
     state TEXT NOT NULL,           -- the filter's resumable state (JSON)
+    seq INTEGER NOT NULL,          -- the queue's last sequence when this row was written
     PRIMARY KEY (key, ident, filter)
 );
-CREATE TABLE events (
+CREATE TABLE batches (             -- the delivery log, a row per batch of numbered events
     key TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    ident INTEGER NOT NULL,
-    filter INTEGER NOT NULL,
-    flags INTEGER NOT NULL,
-    fflags INTEGER NOT NULL,
-    data INTEGER NOT NULL,
-    udata BLOB NOT NULL,
-    PRIMARY KEY (key, sequence)
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    events BLOB NOT NULL,          -- packed: see _pack
+    PRIMARY KEY (key, first)
 );
 """
 # Migrations from version N to N + 1, in order (none yet: version 1 is the first).
@@ -84,6 +82,27 @@ def default_state_dir() -> Path:
         return Path("/var/lib/kqd")
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "kqd"
+
+
+_EVENT = struct.Struct("<QhHIqI")  # ident, filter, flags, fflags, data, len(udata); then udata
+
+
+def _pack(events: Iterable[kevent]) -> bytes:
+    pack = _EVENT.pack
+    return b"".join(
+        pack(ev.ident, ev.filter, ev.flags, ev.fflags, ev.data, len(ev.udata)) + ev.udata
+        for ev in events
+    )
+
+
+def _unpack(packed: bytes) -> Iterator[kevent]:
+    offset, size = 0, _EVENT.size
+    while offset < len(packed):
+        ident, filt, flags, fflags, data, length = _EVENT.unpack_from(packed, offset)
+        offset += size
+        udata = bytes(packed[offset : offset + length])
+        offset += length
+        yield kevent(ident, filt, flags, fflags, data, udata)
 
 
 def _signed(ident: int) -> int:
@@ -112,7 +131,7 @@ class QueueRecord:
     lease: float
     last_sequence: int
     descriptors: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    knotes: list[KnoteSnapshot] = field(default_factory=list)
+    knotes: list[tuple[KnoteSnapshot, int]] = field(default_factory=list)  # and their seq
     events: list[tuple[int, kevent]] = field(default_factory=list)
 
 
@@ -173,7 +192,7 @@ class StateStore:
         )
 
     def drop_queue(self, key: str) -> None:
-        for table in ("queues", "descriptors", "knotes", "events"):
+        for table in ("queues", "descriptors", "knotes", "batches"):
             self._db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
 
     def put_descriptor(self, key: str, fd: int, kind: str, spec: dict[str, Any]) -> None:
@@ -185,42 +204,49 @@ class StateStore:
     def drop_descriptor(self, key: str, fd: int) -> None:
         self._db.execute("DELETE FROM descriptors WHERE key = ? AND fd = ?", (key, fd))
 
-    def put_knote(self, key: str, snapshot: KnoteSnapshot) -> None:
-        change = snapshot.change
-        self._db.execute(
-            "INSERT OR REPLACE INTO knotes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                _signed(change.ident),
-                change.filter,
-                change.flags,
-                change.fflags,
-                change.data,
-                change.udata,
-                int(snapshot.disabled),
-                json.dumps(snapshot.state),
-            ),
+    def put_knotes(self, key: str, snapshots: Iterable[KnoteSnapshot], seq: int) -> None:
+        """Write down knotes as they are after sequence number *seq* of their queue's log."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO knotes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    key,
+                    _signed(snap.change.ident),
+                    snap.change.filter,
+                    snap.change.flags,
+                    snap.change.fflags,
+                    snap.change.data,
+                    snap.change.udata,
+                    int(snap.disabled),
+                    json.dumps(snap.state),
+                    seq,
+                )
+                for snap in snapshots
+            ],
         )
 
-    def drop_knote(self, key: str, ident: int, filter_: int) -> None:
-        self._db.execute(
+    def drop_knotes(self, key: str, keys: Iterable[tuple[int, int]]) -> None:
+        """Forget knotes, by (ident, filter)."""
+        self._db.executemany(
             "DELETE FROM knotes WHERE key = ? AND ident = ? AND filter = ?",
-            (key, _signed(ident), filter_),
+            [(key, _signed(ident), filter_) for ident, filter_ in keys],
         )
 
-    def append_events(self, key: str, items: Iterable[tuple[int, kevent]]) -> None:
-        """Add delivered events to the queue's log, and forget what falls out of LOG_KEPT."""
-        rows = [
-            (key, seq, _signed(ev.ident), ev.filter, ev.flags, ev.fflags, ev.data, ev.udata)
-            for seq, ev in items
-        ]
-        if not rows:
+    def append_events(self, key: str, batch: list[tuple[int, kevent]]) -> None:
+        """Add a batch of delivered events (numbered in a row) to the queue's log: one row."""
+        if not batch:
             return
-        self._db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        last = rows[-1][1]
-        self._db.execute("UPDATE queues SET last_sequence = ? WHERE key = ?", (last, key))
+        first, last = batch[0][0], batch[-1][0]
         self._db.execute(
-            "DELETE FROM events WHERE key = ? AND sequence <= ?", (key, last - LOG_KEPT)
+            "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?)",
+            (key, first, last, _pack(ev for _, ev in batch)),
+        )
+        self._db.execute("UPDATE queues SET last_sequence = ? WHERE key = ?", (last, key))
+
+    def trim(self, key: str, last_sequence: int) -> None:
+        """Forget the batches that fall wholly out of the LOG_KEPT events a queue keeps."""
+        self._db.execute(
+            "DELETE FROM batches WHERE key = ? AND last <= ?", (key, last_sequence - LOG_KEPT)
         )
 
     def commit(self) -> None:
@@ -245,18 +271,16 @@ class StateStore:
                 "SELECT fd, kind, spec FROM descriptors WHERE key = ?", (key,)
             ):
                 record.descriptors[fd] = (kind, json.loads(spec))
-            for ident, filt, flags, fflags, data, udata, disabled, state in db.execute(
-                "SELECT ident, filter, flags, fflags, data, udata, disabled, state FROM knotes "
-                "WHERE key = ?",
+            for ident, filt, flags, fflags, data, udata, disabled, state, seq in db.execute(
+                "SELECT ident, filter, flags, fflags, data, udata, disabled, state, seq "
+                "FROM knotes WHERE key = ?",
                 (key,),
             ):
                 change = kevent(_unsigned(ident), filt, flags, fflags, data, bytes(udata))
-                record.knotes.append(KnoteSnapshot(change, bool(disabled), json.loads(state)))
-            for seq, ident, filt, flags, fflags, data, udata in db.execute(
-                "SELECT sequence, ident, filter, flags, fflags, data, udata FROM events "
-                "WHERE key = ? ORDER BY sequence",
-                (key,),
+                snapshot = KnoteSnapshot(change, bool(disabled), json.loads(state))
+                record.knotes.append((snapshot, seq))
+            for first, packed in db.execute(
+                "SELECT first, events FROM batches WHERE key = ? ORDER BY first", (key,)
             ):
-                ev = kevent(_unsigned(ident), filt, flags, fflags, data, bytes(udata))
-                record.events.append((seq, ev))
+                record.events.extend(enumerate(_unpack(packed), start=first))
             yield record

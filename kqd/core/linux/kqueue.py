@@ -271,7 +271,7 @@ class Kqueue:
             kn = self._knotes.get((ident, filter))
             if kn is None or (kn.fop.is_fd and not self.fds.alive(kn)):
                 return None
-            change = kevent(kn.ident, kn.filter, kn.flags, kn.sfflags, kn.sdata, kn.udata)
+            change = kevent._trusted(kn.ident, kn.filter, kn.flags, kn.sfflags, kn.sdata, kn.udata)
             return KnoteSnapshot(change, kn.disabled, kn.fop.snapshot(kn))
 
     def restore(self, snapshot: KnoteSnapshot) -> None:
