@@ -360,3 +360,22 @@ def test_a_corrupt_or_newer_state_is_refused(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(WAIT_BOUND) == 0
+
+
+def test_a_consumed_trigger_is_not_delivered_again_after_a_crash(daemon: Restartable) -> None:
+    """An EV_CLEAR USER knote triggered and delivered just before kill -9 (before the daemon's
+    next refresh wrote the knote down again): the log tells the restarted daemon the trigger
+    was consumed, so it is not delivered twice."""
+    with kqclient.connect(daemon.target) as client:
+        kq = client.kqueue()
+        clear = KQ_EV_ADD | KQ_EV_CLEAR
+        kq.control([user(1, clear), user(2, clear)], 0)
+        consumer = Consumer(daemon.target, kq.queue_id)
+        kq.control([user(1, 0, KQ_NOTE_TRIGGER)], 0)
+        consumer.wait_for(1)
+        daemon.kill()
+        daemon.start()
+        with kqclient.connect(daemon.target) as again:  # the positive control: knote 2
+            again.kqueue(kq.queue_id).control([user(2, 0, KQ_NOTE_TRIGGER)], 0)
+        got = consumer.wait_for(2)
+    assert [ev.ident for ev in got] == [1, 2], "knote 1's consumed trigger came back"
