@@ -150,6 +150,7 @@ class StateStore:
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self._migrate()
             self._db.execute("BEGIN")
+            self._committed = self._db.total_changes
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"{self.path} is not a usable kqd state file ({exc}); move it away to keep it, "
@@ -250,9 +251,12 @@ class StateStore:
         )
 
     def commit(self) -> None:
-        """Make every write so far durable (see the module docstring for what sync means)."""
-        self._db.execute("COMMIT")
-        self._db.execute("BEGIN")
+        """Make every write so far durable (see the module docstring for what sync means); a
+        transaction with nothing in it costs nothing."""
+        if self._db.total_changes != self._committed:
+            self._db.execute("COMMIT")
+            self._db.execute("BEGIN")
+            self._committed = self._db.total_changes
 
     def close(self) -> None:
         self.commit()
