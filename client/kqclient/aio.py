@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from kqclient.errors import DaemonUnavailable, translate
-from kqclient.protocol import QueueRequests, Resume, create_request
+from kqclient.protocol import QueueRequests, Resume, connection_fields, create_request
 from kqclient.target import TlsClientFiles, open_channel, resolve_target
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2_grpc
@@ -132,8 +132,8 @@ class RemoteKqueue(QueueRequests):
         call = self._descriptor_call("OpenPeerFd", pid=pid, fd=fd)
         return int((await self.client.call(*call)).fd)
 
-    async def open_connection(self, address: str) -> int:
-        call = self._descriptor_call("OpenConnection", address=address)
+    async def open_connection(self, address: str, *, retry_for: float | None = None) -> int:
+        call = self._descriptor_call("OpenConnection", **connection_fields(address, retry_for))
         return int((await self.client.call(*call)).fd)
 
     async def close_fd(self, fd: int) -> None:

@@ -44,9 +44,10 @@ from kqd.core.constants import (
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_UNAVAILABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 69, 124, 130
-# wait-port: a refused connect is retried after this pause (no kernel event says "someone
-# started listening"); each try is one connect from the daemon and one round trip.
+# wait-port, Unix sockets: a refused connect is asked again after this pause (no kernel event says
+# "someone started listening"); host:port waits are retried by the daemon itself.
 RETRY_INTERVAL = 0.002
+DAEMON_RETRY = 3600.0  # seconds the daemon retries a host:port per call, when there is no -t
 QUEUE_LEASE = 10.0
 
 VNODE_NOTES = {
@@ -241,9 +242,17 @@ def cmd_watch(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) 
 
 
 def _wait_one_port(kq: kqclient.RemoteKqueue, address: str, deadline: float | None) -> bool:
+    """Wait until *address* accepts a connection from the daemon. For host:port the daemon
+    itself tries again while refused (one call for the whole wait); a Unix socket answers at
+    once, so kqctl asks again every RETRY_INTERVAL."""
+    unix = address.startswith("unix:")
     while True:
+        wait = remaining(deadline)
         try:
-            fd = kq.open_connection(address)
+            if unix:
+                fd = kq.open_connection(address)
+            else:
+                fd = kq.open_connection(address, retry_for=DAEMON_RETRY if wait is None else wait)
         except (ConnectionRefusedError, FileNotFoundError, BlockingIOError):
             pass  # a Unix socket answers at once: nobody listens there (yet)
         else:

@@ -28,6 +28,14 @@ def create_request(lease: float | None) -> kqd_pb2.CreateQueueRequest:
     return kqd_pb2.CreateQueueRequest(lease=None if lease is None else duration(lease))
 
 
+def connection_fields(address: str, retry_for: float | None) -> dict[str, Any]:
+    """OpenConnection's fields (retry_for in seconds, None: one try)."""
+    fields: dict[str, Any] = {"address": address}
+    if retry_for is not None:
+        fields["retry_for"] = duration(retry_for)
+    return fields
+
+
 class QueueRequests:
     """The state of one remote queue on the client side and the requests that act on it."""
 

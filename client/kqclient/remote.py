@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from kqclient.errors import DaemonUnavailable, translate
-from kqclient.protocol import QueueRequests, Resume, create_request
+from kqclient.protocol import QueueRequests, Resume, connection_fields, create_request
 from kqclient.target import TlsClientFiles, open_channel, resolve_target
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2_grpc
@@ -145,10 +145,12 @@ class RemoteKqueue(QueueRequests):
         """A duplicate of descriptor *fd* of process *pid* (pidfd_getfd on the daemon's host)."""
         return int(self.client.call(*self._descriptor_call("OpenPeerFd", pid=pid, fd=fd)).fd)
 
-    def open_connection(self, address: str) -> int:
+    def open_connection(self, address: str, *, retry_for: float | None = None) -> int:
         """Start a non-blocking connect from the daemon: WRITE fires when connected, with
-        KQ_EV_EOF and the errno in fflags when refused."""
-        call = self._descriptor_call("OpenConnection", address=address)
+        KQ_EV_EOF and the errno in fflags when refused. *retry_for* (host:port): the daemon
+        tries again while refused, for up to that many seconds, and answers once connected
+        (wait-for-it in one call)."""
+        call = self._descriptor_call("OpenConnection", **connection_fields(address, retry_for))
         return int(self.client.call(*call).fd)
 
     def close_fd(self, fd: int) -> None:

@@ -22,7 +22,7 @@ import os
 import socket
 
 from kqd.daemon.caller_access import CallerAccess
-from kqd.daemon.connections import ConnectTarget, start_connect
+from kqd.daemon.connections import ConnectTarget, connect_when_listening, start_connect
 from kqd.daemon.identity import Principal
 from kqd.daemon.policy import Policy, Rules
 
@@ -97,11 +97,17 @@ class Authorizer:
         return fd
 
     async def open_connection(
-        self, principal: Principal, address: str, family: int, target: ConnectTarget
+        self,
+        principal: Principal,
+        address: str,
+        family: int,
+        target: ConnectTarget,
+        retry_for: float = 0.0,
     ) -> int:
         """A descriptor connecting to *address* (checked and resolved by connection_target
         into *family* and *target*): host:port from the daemon, when the policy lists the
-        destination; unix:/path with the caller's rights."""
+        destination (tried again while refused, for up to *retry_for* seconds); unix:/path
+        with the caller's rights."""
         rules = self.rules(principal)
         if family == socket.AF_UNIX:
             if not rules.connect_unix or rules.identity is None:
@@ -119,6 +125,10 @@ class Authorizer:
                 raise _denied(
                     "OpenConnection", f"the policy does not list {ip} port {port}", address
                 )
-            fd = start_connect(socket.AddressFamily(family), target)
+            fd = (
+                await connect_when_listening(socket.AddressFamily(family), target, retry_for)
+                if retry_for > 0
+                else start_connect(socket.AddressFamily(family), target)
+            )
         audit.info("%s OpenConnection %s: started", principal.name, address)
         return fd

@@ -18,6 +18,8 @@ import threading
 from typing import Any
 
 RESOLVE_SECONDS = 5.0
+RETRY_SECONDS = 0.005
+MAX_RETRY_SECONDS = 3600.0
 MAX_RESOLVERS = 32
 
 ConnectTarget = str | tuple[Any, ...]
@@ -91,6 +93,31 @@ async def _resolve(host: str, port: int, family: socket.AddressFamily) -> list[t
 
     threading.Thread(target=lookup, name="kqd-resolve", daemon=True).start()
     return await answer
+
+
+async def connect_when_listening(
+    family: socket.AddressFamily, target: ConnectTarget, retry_for: float
+) -> int:
+    """A descriptor connected to *target*, trying again every RETRY_SECONDS while the connect
+    is refused, for up to *retry_for* seconds; then a last non-blocking attempt (whose refusal
+    the client's WRITE knote reports). The loop sleeps between tries: a long wait costs a few
+    syscalls per try, not a core."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    while loop.time() < deadline:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, target), deadline - loop.time())
+        except (ConnectionRefusedError, TimeoutError):
+            sock.close()
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock.detach()
+    return start_connect(family, target)
 
 
 def start_connect(family: socket.AddressFamily, target: ConnectTarget) -> int:

@@ -31,7 +31,7 @@ from grpc._cython.cygrpc import ExecuteBatchError  # a write on a call already o
 from kqd.core import KQ_EV_DELETE, KQ_EV_ERROR, kevent
 from kqd.daemon.admission import KnoteAdmission
 from kqd.daemon.authorizer import Authorizer
-from kqd.daemon.connections import connection_target
+from kqd.daemon.connections import MAX_RETRY_SECONDS, connection_target
 from kqd.daemon.delivery_log import ResumeTooOldError
 from kqd.daemon.identity import Principal, current_principal
 from kqd.daemon.metrics_delivery import delivery
@@ -384,9 +384,14 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
     @rpc_errors
     async def OpenConnection(self, request, context):  # noqa: N802
         family, target = await connection_target(request.address)  # checked, resolved
+        retry_for = 0.0
+        if request.HasField("retry_for"):
+            retry_for = min(seconds_of(request.retry_for, "retry_for"), MAX_RETRY_SECONDS)
 
         async def connect(caller: Principal) -> int:
-            return await self.authorizer.open_connection(caller, request.address, family, target)
+            return await self.authorizer.open_connection(
+                caller, request.address, family, target, retry_for
+            )
 
         fd = await self._adopt(
             request, context, connect, "connection", {"address": request.address}

@@ -20,7 +20,7 @@ from kqclient import (
     kevent,
 )
 
-from tests.conftest import WAIT_BOUND
+from tests.conftest import WAIT_BOUND, wait_events
 
 
 @pytest.fixture
@@ -79,3 +79,31 @@ def test_close_descriptor_drops_its_knotes(kq, tmp_path) -> None:
     kq.close_fd(fd)
     err = kq.control([kevent(fd, KQ_FILTER_VNODE, KQ_EV_DELETE)], 1, 0)[0]
     assert err.data == errno.EBADF
+
+
+def test_a_connection_retried_by_the_daemon_waits_for_a_listener(kq) -> None:
+    """wait-for-it in one call: the daemon tries again while refused, answering once the port
+    accepts; with nothing listening, it answers when the time is up, and WRITE reports the
+    refusal."""
+    import threading
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))  # bound, not listening yet: refused
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        got: list[int] = []
+        call = threading.Thread(
+            target=lambda: got.append(kq.open_connection(address, retry_for=WAIT_BOUND))
+        )
+        call.start()
+        call.join(0.05)  # the call is under way (or already done: then it found no listener)
+        server.listen()
+        call.join(WAIT_BOUND)
+        assert got, "the call never answered"
+        kq.control([kevent(got[0], KQ_FILTER_WRITE, KQ_EV_ADD)], 0)
+        ev = wait_events(kq)[0]
+        assert not ev.flags & KQ_EV_EOF, f"connected, not refused: {ev}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))  # never listening
+        fd = kq.open_connection(f"127.0.0.1:{probe.getsockname()[1]}", retry_for=0.05)
+        kq.control([kevent(fd, KQ_FILTER_WRITE, KQ_EV_ADD)], 0)
+        assert wait_events(kq)[0].flags & KQ_EV_EOF
