@@ -1,8 +1,9 @@
 """Port becomes connectable -> notified: kqctl wait-port next to wait-for-it and a retry loop.
 
-No kernel event says "someone started listening", so every tool retries. A trial binds a port
-(connecting to it is refused), starts the waiter, lets it fail once and pause before its next try
-(bench/ready.py), and times from listen() to the waiter knowing.
+No kernel event says "someone started listening", so every tool retries (kqctl's daemon does it
+for kqctl). A trial binds a port (connecting to it is refused), starts the waiter, lets it fail
+once and pause before its next try (kqctl: until it is quiet in its one call; bench/ready.py),
+and times from listen() to the waiter knowing.
 """
 
 from __future__ import annotations
@@ -36,13 +37,16 @@ def _listen_on(waiter_for: Callable[[tuple[str, int]], Waiter]) -> Arm:
     return arm
 
 
-def _waiting_command(argv: Callable[[str], list[str]]) -> Arm:
-    return _listen_on(lambda a: command(argv(f"{a[0]}:{a[1]}"), readiness=ready.pausing))
+def _waiting_command(
+    argv: Callable[[str], list[str]], readiness: ready.Readiness = ready.pausing
+) -> Arm:
+    return _listen_on(lambda a: command(argv(f"{a[0]}:{a[1]}"), readiness=readiness))
 
 
 def kqctl_wait_port(session: Session) -> Arm:
+    """kqctl's one call waits while the daemon retries: ready once kqctl is quiet."""
     base = [*kqctl(session.target), "wait-port", "-t", str(BOUND)]
-    return _waiting_command(lambda address: [*base, address])
+    return _waiting_command(lambda address: [*base, address], ready.quiet)
 
 
 def wait_for_it(session: Session) -> Arm:
