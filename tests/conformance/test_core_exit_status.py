@@ -74,8 +74,9 @@ class Scene:
 
     def parent_reaps(self) -> None:
         assert self.parent.stdin is not None
-        self.parent.stdin.write("\n")
-        self.parent.stdin.flush()
+        if not self.parent.stdin.closed:
+            self.parent.stdin.write("\n")
+            self.parent.stdin.close()  # told once: the parent reaps, then exits
 
     def reported(self) -> tuple[int, float]:
         """NOTE_EXIT's data, and how long the watcher waited for it after the exit."""
@@ -114,8 +115,7 @@ def scene() -> Iterator[Scene]:
     finally:
         if made.release >= 0:
             os.close(made.release)
-        if parent.poll() is None:
-            made.parent_reaps()
+        made.parent_reaps()
         for process in (watcher, parent):
             try:
                 process.wait(WAIT_BOUND)
