@@ -1,6 +1,7 @@
 """``python -m bench NAME [--quick] [--out DIR]``.
 
-scaling: the in-process core against select.poll (the kqueue paper's figure). all: every
+scaling: the in-process core against select.poll (the kqueue paper's figure). state: what a
+state directory costs (throughput, Register latency) and how fast a restart is. all: every
 comparison against the tools users would pick instead, each section run --runs times (see
 bench/report.py). remote: the exit, file and throughput sections only. setup: install the peers.
 """
@@ -11,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import peers, report, scaling
+from bench import peers, report, scaling, state
 
 SECTIONS = list(report.SECTIONS)
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("name", choices=["all", "remote", "scaling", "setup"])
+    parser.add_argument("name", choices=["all", "remote", "scaling", "state", "setup"])
     parser.add_argument("--quick", action="store_true", help="few sizes and trials (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     parser.add_argument("--only", help=f"comma-separated sections of all: {', '.join(SECTIONS)}")
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.name == "scaling":
         return scaling.main(quick=args.quick, out=args.out)
+    if args.name == "state":
+        return state.main(quick=args.quick)
     only = set(args.only.split(",")) if args.only else None
     if only and not only <= set(SECTIONS):
         parser.error(f"--only takes sections from: {', '.join(SECTIONS)}")

@@ -47,6 +47,18 @@ def test_benchmark_runs_quick(tmp_path: Path, name: str, expected: list[str], re
         assert text in written, text
 
 
+def test_state_benchmark_runs_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "state", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "state costs" in result.stdout and "### Restart after kill -9" in result.stdout
+
+
 def test_a_command_that_ends_before_the_event_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="ended before it was ready"):
         waiting.command(["true"])
