@@ -48,6 +48,7 @@ from kqd.core import (
 )
 from kqd.core.linux import syscalls
 from kqd.core.linux.knote import Knote
+from kqd.core.linux.kqueue import Admission
 from kqd.daemon.delivery_log import DeliveryLog
 from kqd.daemon.descriptor_table import DescriptorTable
 from kqd.daemon.metrics_delivery import delivery
@@ -101,7 +102,7 @@ class RemoteQueue:
         self.store = store
         self.kq = kqueue()
         self.kq.admission = self
-        self.policy: Any = None  # the principal's admission (authorization and quotas)
+        self.policy: Admission | None = None  # the owner's authorization and quotas
         self.lease = lease
         self.descriptors = DescriptorTable()
         self.log = DeliveryLog()
