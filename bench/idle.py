@@ -1,7 +1,7 @@
 """Idle cost: the daemon's CPU with 10,000 registrations and nothing happening (nothing polls),
 next to tools that poll at their default intervals, over the same window; and what waiting on a
-refused port costs: kqctl wait-port (which retries every 2 ms through the session's daemon, so
-both count) next to wait-for-it and a retry loop."""
+refused port costs: kqctl wait-port (kqctl, and the session's daemon that connects for it: both
+count) next to wait-for-it and a retry loop."""
 
 from __future__ import annotations
 
