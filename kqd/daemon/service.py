@@ -178,13 +178,15 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         rate = self.authorizer.rules(caller).quotas.changes_per_second
         self.accounts.usage(caller.name).take_changes(len(changes), rate)
         out = []
-        for change in changes:
+        for index, change in enumerate(changes, start=1):
             if len(change.udata) > MAX_UDATA:
                 raise ValueError(
                     f"udata of {len(change.udata)} bytes for ident {change.ident}; the limit is "
                     f"{MAX_UDATA} bytes"
                 )
             out.append(from_wire(change, extra_flags))
+            if index % SLICE == 0:
+                await asyncio.sleep(0)  # a long changelist is read a slice per loop turn too
         return out
 
     @rpc_errors
