@@ -41,6 +41,11 @@ class DeliveryLog:
         self._keep(batch)
         return batch
 
+    @property
+    def kept(self) -> tuple[int, int]:
+        """How many events the log keeps, and their bytes (roughly: udata plus overhead)."""
+        return len(self._events), self._bytes
+
     def restore(self, batch: list[tuple[int, kevent]], last_sequence: int) -> None:
         """Take back what a previous daemon delivered (from the state store)."""
         self._keep(batch)

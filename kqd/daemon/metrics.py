@@ -70,8 +70,6 @@ from kqd.core.constants import FILTER_NAMES
 from kqd.core.linux.filters import FILTERS
 from kqd.core.linux.inotify_hub import InotifyHub
 from kqd.core.linux.proc_connector import ProcConnector
-from kqd.core.linux.process_wide import ProcessWide
-from kqd.daemon.delivery_log import DeliveryLog
 from kqd.daemon.metrics_delivery import LATENCY_BUCKETS, Histogram, delivery
 from kqd.daemon.metrics_rpc import RpcMetricsInterceptor
 
@@ -107,17 +105,6 @@ def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _process_wide(cls: type[ProcessWide]) -> ProcessWide | None:
-    """The process's instance of *cls* if one was made; never makes one (that would open a
-    descriptor just to say nothing happened)."""
-    return ProcessWide._instances.get(cls)  # read only
-
-
-def _kept(log_: DeliveryLog) -> tuple[int, int]:
-    """Events and bytes a delivery log keeps."""
-    return len(log_._events), log_._bytes  # read only: DeliveryLog has no public size
-
-
 @dataclass
 class DaemonStats:
     """The daemon's numbers at one moment: what the metrics and the admin service show."""
@@ -150,7 +137,7 @@ def daemon_stats(service: KQueueService, rpc: RpcMetricsInterceptor | None) -> D
     for queue in service.queues.values():
         if not queue.kq.closed:
             knotes.update(queue.kq.count_by_filter())
-        events, size = _kept(queue.log)
+        events, size = queue.log.kept
         stats.resume_log_events += events
         stats.resume_log_bytes += size
     stats.knotes = by_filter(knotes)
@@ -164,10 +151,10 @@ def daemon_stats(service: KQueueService, rpc: RpcMetricsInterceptor | None) -> D
     stats.caller_descriptors_limit = budget.shareable
     stats.descriptors_open = open_descriptors()
     stats.descriptors_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    hub = _process_wide(InotifyHub)
-    stats.inotify_overflows = hub.overflows if isinstance(hub, InotifyHub) else 0
-    connector = _process_wide(ProcConnector)
-    stats.proc_connector_drops = connector.drops if isinstance(connector, ProcConnector) else 0
+    hub = InotifyHub.existing()
+    stats.inotify_overflows = 0 if hub is None else hub.overflows
+    connector = ProcConnector.existing()
+    stats.proc_connector_drops = 0 if connector is None else connector.drops
     stats.stuck_streams_closed = delivery.stuck_closed
     stats.counting = delivery.enabled and rpc is not None
     if stats.counting and rpc is not None:

@@ -19,3 +19,10 @@ class ProcessWide:
             if instance is None:
                 instance = ProcessWide._instances[cls] = cls()
             return instance
+
+    @classmethod
+    def existing(cls) -> Self | None:
+        """The instance if one was made; never makes one (for monitoring: making one would
+        open a descriptor just to say nothing happened)."""
+        instance: Self | None = ProcessWide._instances.get(cls)
+        return instance
