@@ -116,13 +116,17 @@ async def restore_queue(
     """Fill the new *queue* from *record*: its log, its descriptors and its knotes."""
     queue.log.restore(record.events, record.last_sequence)
     usage = queue.usage
+    lost = 0
     for number, (kind, spec) in sorted(record.descriptors.items()):
         fd = await _reopen(authorizer, owner, kind, spec)
         queue.descriptors.add(fd, kind, spec, number)
         if fd is not None:
             usage.charge("descriptors", 1, _UNLIMITED)
         else:
-            log.info("queue %s: descriptor %d (%s) did not come back", queue.short, number, kind)
+            lost += 1
+            log.debug("queue %s: descriptor %d (%s) did not come back", queue.short, number, kind)
+    if lost:
+        log.info("queue %s: %d of its descriptors did not come back", queue.short, lost)
     delivered = {(ev.ident, ev.filter): seq for seq, ev in record.events}  # the last of each
     for snapshot, seq in record.knotes:
         change = snapshot.change

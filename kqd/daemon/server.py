@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import signal
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -152,7 +153,17 @@ async def serve(options: ServeOptions) -> int:
     service.store = store
     if store is not None:
         started = time.monotonic()
-        count = await restore_all(service, store)
+        try:
+            count = await restore_all(service, store)
+        except sqlite3.DatabaseError as exc:
+            log.error(
+                "the state in %s cannot be read back (%s); move it away to keep it, or start "
+                "with --reset-state to begin empty",
+                options.state_dir,
+                exc,
+            )
+            listeners.close()
+            return 2
         took = time.monotonic() - started
         log.info("state in %s: %d queue(s) restored in %.3fs", options.state_dir, count, took)
     await server.start()

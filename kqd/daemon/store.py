@@ -25,7 +25,7 @@ import json
 import os
 import sqlite3
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 from kqd.core.kevent import kevent
 from kqd.core.linux.knote import KnoteSnapshot
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOG_KEPT = 4096  # events kept per queue for resuming, as the in-memory DeliveryLog
 
 _SCHEMA = """
@@ -72,8 +72,34 @@ CREATE TABLE batches (             -- the delivery log, a row per batch of numbe
     PRIMARY KEY (key, first)
 );
 """
-# Migrations from version N to N + 1, in order (none yet: version 1 is the first).
-_MIGRATIONS: list[str] = []
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Version 2 keeps the log as packed batches (a row per event before) and stamps each knote
+    row with its queue's log position (a row's position before: its queue's last sequence)."""
+    db.execute("ALTER TABLE knotes ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "UPDATE knotes SET seq = (SELECT last_sequence FROM queues WHERE queues.key = knotes.key)"
+    )
+    db.execute(
+        "CREATE TABLE batches (key TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,"
+        " events BLOB NOT NULL, PRIMARY KEY (key, first))"
+    )
+    rows = db.execute(
+        "SELECT key, sequence, ident, filter, flags, fflags, data, udata FROM events"
+    ).fetchall()
+    db.executemany(
+        "INSERT INTO batches VALUES (?, ?, ?, ?)",
+        [
+            (key, seq, seq, _pack([kevent(_unsigned(i), f, fl, ff, d, bytes(u))]))
+            for key, seq, i, f, fl, ff, d, u in rows
+        ],
+    )
+    db.execute("DROP TABLE events")
+
+
+# Migrations from version N to N + 1, in order.
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_to_v2]
 
 
 def default_state_dir() -> Path:
@@ -174,8 +200,9 @@ class StateStore:
             if version == 0:
                 self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};")
                 return
+            self._db.execute("BEGIN")
             for step in _MIGRATIONS[version - 1 :]:
-                self._db.executescript(step)
+                step(self._db)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ writes

@@ -379,3 +379,41 @@ def test_a_consumed_trigger_is_not_delivered_again_after_a_crash(daemon: Restart
             again.kqueue(kq.queue_id).control([user(2, 0, KQ_NOTE_TRIGGER)], 0)
         got = consumer.wait_for(2)
     assert [ev.ident for ev in got] == [1, 2], "knote 1's consumed trigger came back"
+
+
+def test_a_version_1_state_is_migrated(tmp_path: Path) -> None:
+    """A state file of the first schema (a row per logged event, knotes without a log
+    position) is migrated on open: its queue, knote and events come back."""
+    from kqd.daemon.store import StateStore
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / "kqd.sqlite3") as db:
+        db.executescript(
+            """
+            CREATE TABLE queues (key TEXT PRIMARY KEY, owner TEXT NOT NULL, owner_peer TEXT,
+                lease REAL NOT NULL, last_sequence INTEGER NOT NULL);
+            CREATE TABLE descriptors (key TEXT NOT NULL, fd INTEGER NOT NULL, kind TEXT NOT NULL,
+                spec TEXT NOT NULL, PRIMARY KEY (key, fd));
+            CREATE TABLE knotes (key TEXT NOT NULL, ident INTEGER NOT NULL, filter INTEGER NOT NULL,
+                flags INTEGER NOT NULL, fflags INTEGER NOT NULL, data INTEGER NOT NULL,
+                udata BLOB NOT NULL, disabled INTEGER NOT NULL, state TEXT NOT NULL,
+                PRIMARY KEY (key, ident, filter));
+            CREATE TABLE events (key TEXT NOT NULL, sequence INTEGER NOT NULL,
+                ident INTEGER NOT NULL, filter INTEGER NOT NULL, flags INTEGER NOT NULL,
+                fflags INTEGER NOT NULL, data INTEGER NOT NULL, udata BLOB NOT NULL,
+                PRIMARY KEY (key, sequence));
+            INSERT INTO queues VALUES ('k', 'uid:0', NULL, 60.0, 2);
+            INSERT INTO knotes VALUES ('k', 7, -11, 33, 0, 0, x'6a6f62', 0, '{}');
+            INSERT INTO events VALUES ('k', 1, 7, -11, 32, 0, 0, x'6a6f62');
+            INSERT INTO events VALUES ('k', 2, 7, -11, 32, 0, 0, x'6a6f62');
+            PRAGMA user_version = 1;
+            """
+        )
+    store = StateStore(state)
+    (record,) = store.load()
+    store.close()
+    assert (record.key, record.last_sequence) == ("k", 2)
+    ((snapshot, seq),) = record.knotes
+    assert (snapshot.change.ident, snapshot.change.udata, seq) == (7, b"job", 2)
+    assert [(n, ev.ident, ev.udata) for n, ev in record.events] == [(1, 7, b"job"), (2, 7, b"job")]
