@@ -128,6 +128,7 @@ async def restore_queue(
     if lost:
         log.info("queue %s: %d of its descriptors did not come back", queue.short, lost)
     delivered = {(ev.ident, ev.filter): seq for seq, ev in record.events}  # the last of each
+    refused: dict[str, int] = {}  # why knotes could not be restored, and how many
     for snapshot, seq in record.knotes:
         change = snapshot.change
         _consumed_since(snapshot, seq, delivered)
@@ -141,11 +142,10 @@ async def restore_queue(
         try:
             queue.kq.restore(snapshot)
         except OSError as exc:
-            log.warning(
-                "queue %s: knote %d filter %d not restored: %s",
-                queue.short, number, change.filter, exc.strerror,
-            )  # fmt: skip
+            refused[exc.strerror or str(exc)] = refused.get(exc.strerror or str(exc), 0) + 1
             queue.forget_knote(number, change.filter)
+    for reason, count in refused.items():
+        log.warning("queue %s: %d knote(s) not restored: %s", queue.short, count, reason)
     queue.persist()
 
 
