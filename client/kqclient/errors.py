@@ -41,7 +41,11 @@ def translate(error: grpc.RpcError, target: str) -> Exception:
     """The exception to raise for a failed call."""
     code = error.code()  # type: ignore[attr-defined]
     details = error.details() or code.name  # type: ignore[attr-defined]
-    err = _errno_of(error)
+    return exception_for(code, details, _errno_of(error), target)
+
+
+def exception_for(code: grpc.StatusCode, details: str, err: int | None, target: str) -> Exception:
+    """The exception for a status *code* with *details* and errno *err* (None: none given)."""
     if err is not None:
         return OSError(
             err, f"{details}" if os.strerror(err) in details else f"{os.strerror(err)}: {details}"

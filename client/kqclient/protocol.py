@@ -14,7 +14,7 @@ from kqclient.errors import DaemonUnavailable, ResumeGap
 from kqd.core.control_args import check_control_args
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2
-from kqd.wire import duration, events_from_wire, to_wire
+from kqd.wire import duration, sequenced_from_wire, to_wire
 
 # How long a broken stream keeps trying to reconnect, and the pause between tries.
 RECONNECT_SECONDS = 30.0
@@ -115,26 +115,28 @@ class Resume:
             queue_id=self.queue.queue_id,
             after_sequence=self._received,
             max_batch=self.max_batch,
+            packed=True,
         )
 
     def accept(self, response: kqd_pb2.WaitResponse) -> tuple[int, list[kevent]]:
         """The events of *response* not received yet, and the sequence number of the first
         (the others follow on by one)."""
         self._give_up = None
-        items = response.events
-        if items and items[0].sequence <= self._received:  # only a resume repeats
-            items = [item for item in items if item.sequence > self._received]
-        if not items:
+        first, last, events = sequenced_from_wire(response)
+        if events and first <= self._received:  # only a resume repeats
+            events = events[self._received + 1 - first :]
+            first = self._received + 1
+        if not events:
             return 0, []
-        first, expected = items[0].sequence, self._received + 1
-        if first != expected or items[-1].sequence != expected + len(items) - 1:
+        expected = self._received + 1
+        if first != expected or last != expected + len(events) - 1:
             raise ResumeGap(
                 f"the stream skipped sequence numbers: expected {expected}, got {first}.."
-                f"{items[-1].sequence}; events may be lost, re-read the state you watch",
+                f"{last}; events may be lost, re-read the state you watch",
                 first,
             )
-        self._received = items[-1].sequence
-        return first, events_from_wire(item.event for item in items)
+        self._received = last
+        return first, events
 
     def retry_after(self, exc: Exception) -> float:
         """Seconds to pause before reconnecting; re-raises *exc* when it is not worth it."""

@@ -11,6 +11,7 @@ import grpc
 
 from kqclient.errors import DaemonUnavailable, translate
 from kqclient.protocol import QueueRequests, Resume, connection_fields, create_request
+from kqclient.session import SessionEnded, SessionStream
 from kqclient.target import TlsClientFiles, open_channel, resolve_target
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2_grpc
@@ -80,6 +81,7 @@ class RemoteKqueue(QueueRequests):
     def __init__(self, client: Client, queue_id: str) -> None:
         super().__init__(queue_id)
         self.client = client
+        self._session: SessionStream | None = None  # the running stream()'s, if any
 
     def __enter__(self) -> RemoteKqueue:
         return self
@@ -104,7 +106,13 @@ class RemoteKqueue(QueueRequests):
         return events_from_wire(self.client.call("Kevent", request, deadline).events)
 
     def register(self, changes: Iterable[kevent]) -> list[kevent]:
-        """Apply *changes*; one receipt per change (flags KQ_EV_ERROR, data 0 or the errno)."""
+        """Apply *changes*; one receipt per change (flags KQ_EV_ERROR, data 0 or the errno).
+        While a ``stream()`` of this object runs, through its Session (no round trip of its
+        own); else a Register call. Any thread may call it."""
+        session = self._session
+        if session is not None:
+            self._check_open()
+            return session.register(list(changes))
         response = self.client.call("Register", self._register_call(changes))
         return events_from_wire(response.receipts)
 
@@ -129,13 +137,21 @@ class RemoteKqueue(QueueRequests):
     def _sequenced(self, after: int | None, max_batch: int) -> Iterator[tuple[int, list[kevent]]]:
         resume = Resume(self, after, max_batch)
         while True:
+            session = SessionStream(self.client.stub, resume.request(), self.client.target)
+            self._session = session
             try:
-                for response in self.client.stub.Wait(resume.request()):
-                    first, batch = resume.accept(response)
+                while True:
+                    first, batch = resume.accept(session.next_events())
                     if batch:
                         yield first, batch
-            except grpc.RpcError as error:
-                time.sleep(resume.retry_after(translate(error, self.client.target)))
+            except SessionEnded:
+                continue  # the daemon is stopping: resume at once (it retries while it is down)
+            except DaemonUnavailable as exc:
+                time.sleep(resume.retry_after(exc))
+            finally:
+                if self._session is session:
+                    self._session = None
+                session.close()
 
     def open(self, path: str) -> int:
         """Open *path* on the daemon's host (read-only); the descriptor ident for its knotes."""

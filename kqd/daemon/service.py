@@ -36,11 +36,11 @@ from kqd.daemon.delivery_log import ResumeTooOldError
 from kqd.daemon.identity import Principal, current_principal
 from kqd.daemon.metrics_delivery import delivery
 from kqd.daemon.quotas import Accounts, QuotaExceeded
-from kqd.daemon.remote_queue import SLICE, QueueClosedError, RemoteQueue, queue_key
+from kqd.daemon.remote_queue import SLICE, QueueClosedError, RemoteQueue, Turn, queue_key
 from kqd.daemon.restore import object_identity
 from kqd.daemon.store import StateStore
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
-from kqd.wire import ERRNO_KEY, duration, fill_wire, from_wire, seconds_of, to_wire
+from kqd.wire import ERRNO_KEY, duration, from_wire, seconds_of, to_wire, wait_response
 
 log = logging.getLogger("kqd.daemon")
 
@@ -82,13 +82,37 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messag
     raise AssertionError("unreachable: ServicerContext.abort raises")
 
 
-async def abort_os_error(context: grpc.aio.ServicerContext, exc: OSError, what: str) -> NoReturn:
-    """Fail the call with the status matching *exc*, the errno in trailing metadata."""
-    code = exc.errno or errno.EINVAL
-    context.set_trailing_metadata(((ERRNO_KEY, str(code)),))
-    status = _OS_ERROR_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT)
-    advice = _OS_ERROR_ADVICE.get(code, "")
-    await abort(context, status, f"{what}: {exc.strerror or exc} [errno {code}]{advice}")
+class ChangelistTooLongError(Exception):
+    """Over MAX_CHANGES changes in one changelist: refused whole (RESOURCE_EXHAUSTED)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """How a call (or a Session changelist) ends for a given error: status, message, errno."""
+
+    code: grpc.StatusCode
+    message: str
+    errno: int | None = None
+
+
+def failure_of(exc: Exception, what: str) -> Failure | None:
+    """The status *exc* calls for, naming *what* failed; None for a daemon bug."""
+    if isinstance(exc, QuotaExceeded):
+        return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.errno)
+    if isinstance(exc, ChangelistTooLongError):
+        return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    if isinstance(exc, OSError):
+        code = exc.errno or errno.EINVAL
+        where = what if exc.filename is None else exc.filename
+        advice = _OS_ERROR_ADVICE.get(code, "")
+        return Failure(
+            _OS_ERROR_STATUS.get(code, grpc.StatusCode.INVALID_ARGUMENT),
+            f"{where}: {exc.strerror or exc} [errno {code}]{advice}",
+            code,
+        )
+    if isinstance(exc, (ValueError, OverflowError, TypeError)):
+        return Failure(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {exc}")
+    return None
 
 
 def rpc_errors(handler: Handler) -> Handler:
@@ -101,19 +125,42 @@ def rpc_errors(handler: Handler) -> Handler:
             return await handler(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except QuotaExceeded as exc:
-            if exc.errno is not None:
-                context.set_trailing_metadata(((ERRNO_KEY, str(exc.errno)),))
-            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except OSError as exc:
-            await abort_os_error(context, exc, name if exc.filename is None else exc.filename)
-        except (ValueError, OverflowError, TypeError) as exc:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{name}: {exc}")
-        except Exception as exc:  # a daemon bug: one line in the log, a clear status out
-            log.error("%s failed: %s: %s", name, type(exc).__name__, exc)
-            await abort(context, grpc.StatusCode.INTERNAL, f"{name}: internal error: {exc}")
+        except Exception as exc:
+            await fail_call(context, exc, name)
 
     return guarded  # type: ignore[return-value]
+
+
+async def fail_call(context: grpc.aio.ServicerContext, exc: Exception, name: str) -> NoReturn:
+    """End the call with the status *exc* calls for (INTERNAL, logged, for a daemon bug)."""
+    failure = failure_of(exc, name)
+    if failure is None:  # a daemon bug: one line in the log, a clear status out
+        log.error("%s failed: %s: %s", name, type(exc).__name__, exc)
+        failure = Failure(grpc.StatusCode.INTERNAL, f"{name}: internal error: {exc}")
+    if failure.errno is not None:
+        context.set_trailing_metadata(((ERRNO_KEY, str(failure.errno)),))
+    await abort(context, failure.code, failure.message)
+
+
+async def alongside(main: Awaitable[None], side: Awaitable[None]) -> None:
+    """Await *main* while *side* runs beside it. *side* ending normally (a client that
+    half-closed its requests) leaves *main* running; *side* failing ends *main* and raises
+    its error; *main* ending, or the call being cancelled, cancels *side*."""
+    tasks = side_task, main_task = asyncio.ensure_future(side), asyncio.ensure_future(main)
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        if not main_task.done():
+            main_task.cancel()
+            await asyncio.wait({main_task})
+            await side_task  # raises its error
+        await main_task
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for task in tasks:  # what is not raised here is not an error: the call is over
+            if not task.cancelled():
+                task.exception()
 
 
 class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
@@ -163,30 +210,35 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 await abort(context, grpc.StatusCode.NOT_FOUND, f"the queue was closed: {exc}")
 
     async def _changes(
-        self,
-        changes: Sequence[kqd_pb2.Kevent],
-        context: grpc.aio.ServicerContext,
-        extra_flags: int = 0,
+        self, changes: Sequence[kqd_pb2.Kevent], extra_flags: int = 0
     ) -> list[kevent]:
+        """*changes* as kevents, checked whole before any is applied (ChangelistTooLongError,
+        QuotaExceeded, ValueError...: the changelist changes nothing)."""
         if len(changes) > MAX_CHANGES:
-            await abort(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{len(changes)} changes in one call; the limit is {MAX_CHANGES}: split them",
+            raise ChangelistTooLongError(
+                f"{len(changes)} changes in one call; the limit is {MAX_CHANGES}: split them"
             )
         caller = self._caller()
         rate = self.authorizer.rules(caller).quotas.changes_per_second
         self.accounts.usage(caller.name).take_changes(len(changes), rate)
         out = []
-        for index, change in enumerate(changes, start=1):
-            if len(change.udata) > MAX_UDATA:
+        trusted, turn = kevent._trusted, Turn()  # a long changelist is read over loop turns too
+        for change in changes:
+            udata, filter_, flags = change.udata, change.filter, change.flags | extra_flags
+            if len(udata) > MAX_UDATA:
                 raise ValueError(
-                    f"udata of {len(change.udata)} bytes for ident {change.ident}; the limit is "
+                    f"udata of {len(udata)} bytes for ident {change.ident}; the limit is "
                     f"{MAX_UDATA} bytes"
                 )
-            out.append(from_wire(change, extra_flags))
-            if index % SLICE == 0:
-                await asyncio.sleep(0)  # a long changelist is read a slice per loop turn too
+            if -0x8000 <= filter_ <= 0x7FFF and flags <= 0xFFFF:
+                # The proto's uint64 ident, uint32 fflags and int64 data hold nothing a kevent
+                # refuses: with filter and flags in range its checks (a third of the time a
+                # changelist took to read) would all pass.
+                out.append(trusted(change.ident, filter_, flags, change.fflags, change.data, udata))
+            else:
+                out.append(from_wire(change, extra_flags))  # raises, naming the field
+            if turn.due():
+                await turn.next()
         return out
 
     @rpc_errors
@@ -224,21 +276,26 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         return kqd_pb2.CloseQueueResponse()
 
     async def _receipts(self, request, context, extra_flags: int) -> list[kqd_pb2.Kevent]:
-        """Apply each change alone and answer one receipt per change (data 0 or the errno)."""
-        receipts = []
         async with self._using(request.queue_id, context) as queue:
-            changes = await self._changes(request.changes, context, extra_flags)
-            for index, change in enumerate(changes, start=1):
-                try:
-                    queue.control_now([change], 0)
-                    error = 0
-                except OSError as exc:
-                    error = exc.errno or errno.EINVAL
-                change.flags, change.data = KQ_EV_ERROR, error
-                receipts.append(to_wire(change))
-                if index % SLICE == 0:
-                    await asyncio.sleep(0)  # bounded work per loop turn (see RemoteQueue)
-            queue.persist()  # durable before the receipts leave
+            return await self._apply_each(queue, request.changes, extra_flags)
+
+    async def _apply_each(
+        self, queue: RemoteQueue, changes: Sequence[kqd_pb2.Kevent], extra_flags: int = 0
+    ) -> list[kqd_pb2.Kevent]:
+        """Apply each change alone; one receipt per change (data 0 or the errno), durable
+        before they are returned."""
+        receipts = []
+        for index, change in enumerate(await self._changes(changes, extra_flags), start=1):
+            try:
+                queue.control_now([change], 0)
+                error = 0
+            except OSError as exc:
+                error = exc.errno or errno.EINVAL
+            change.flags, change.data = KQ_EV_ERROR, error
+            receipts.append(to_wire(change))
+            if index % SLICE == 0:
+                await asyncio.sleep(0)  # bounded work per loop turn (see RemoteQueue)
+        queue.persist()  # durable before the receipts leave
         return receipts
 
     @rpc_errors
@@ -258,13 +315,78 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         if request.HasField("timeout"):
             timeout = seconds_of(request.timeout, "timeout")
         async with self._using(request.queue_id, context) as queue:
-            changes = await self._changes(request.changes, context)
+            changes = await self._changes(request.changes)
             events = await queue.control(changes, request.max_events, timeout)
             queue.persist()
         return kqd_pb2.KeventResponse(events=[to_wire(ev) for ev in events])
 
     @rpc_errors
     async def Wait(self, request, context):  # noqa: N802
+        await self._stream(request, context, context.write)
+
+    @rpc_errors
+    async def Session(self, request_iterator, context):  # noqa: N802
+        # etcd's Watch shape: this handler sends (the Wait loop), a task receives changelists
+        # (SessionReceiver). One lock orders the writes: a changelist holds it from before it
+        # is applied until its receipts are written, so no event its changes caused (collected
+        # after they were applied) can go out first.
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("request") != "start":
+            raise ValueError("a Session's first message must be start (a WaitRequest)")
+        writing = asyncio.Lock()
+
+        async def send_events(response: kqd_pb2.WaitResponse) -> None:
+            async with writing:
+                await context.write(kqd_pb2.SessionResponse(events=response))
+
+        async def receive(queue: RemoteQueue) -> None:
+            try:
+                async for request in requests:
+                    if request.WhichOneof("request") != "changes":
+                        raise ValueError("a Session takes start once, as its first message")
+                    async with writing:
+                        reply = await self._session_receipts(queue, request.changes)
+                        await context.write(kqd_pb2.SessionResponse(receipts=reply))
+            except QueueClosedError:
+                return  # the sending half sees it too, and ends the call as Wait would
+            except Exception as exc:
+                # Ended from here, holding the write lock: gRPC refuses a status while a
+                # write of the sending half is still in flight.
+                async with writing:
+                    await fail_call(context, exc, "Session")
+
+        await self._stream(first.start, context, send_events, receive)
+
+    async def _session_receipts(
+        self, queue: RemoteQueue, request: kqd_pb2.SessionChanges
+    ) -> kqd_pb2.SessionReceipts:
+        """A changelist's reply: its receipts, or why it was refused as a whole (the status a
+        Register call would have ended with; the session goes on)."""
+        try:
+            receipts = await self._apply_each(queue, request.changes)
+        except QueueClosedError:
+            raise
+        except Exception as exc:
+            failure = failure_of(exc, "Session changes")
+            if failure is None:
+                raise
+            return kqd_pb2.SessionReceipts(
+                tag=request.tag,
+                code=failure.code.value[0],
+                message=failure.message,
+                errno=failure.errno or 0,
+            )
+        return kqd_pb2.SessionReceipts(tag=request.tag, receipts=receipts)
+
+    async def _stream(
+        self,
+        request: kqd_pb2.WaitRequest,
+        context: grpc.aio.ServicerContext,
+        write: Callable[[kqd_pb2.WaitResponse], Awaitable[None]],
+        receive: Callable[[RemoteQueue], Awaitable[None]] | None = None,
+    ) -> None:
+        """A Wait stream (and, with *receive*, a Session's receiving half alongside it)."""
         batch = min(request.max_batch or DEFAULT_BATCH, MAX_EVENTS)
         after = request.after_sequence
         caller = self._caller()
@@ -280,7 +402,11 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                     self.accounts.usage(caller.name).borrow("streams", 1, streams),
                     delivery.streaming(queue),
                 ):
-                    await self._send_events(queue, after, batch, context)
+                    sending = self._send_events(queue, after, batch, request.packed, write, context)
+                    if receive is None:
+                        await sending
+                    else:
+                        await alongside(sending, receive(queue))
             except QueueClosedError:
                 if not self.stopping:
                     raise
@@ -294,9 +420,15 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 )
 
     async def _send_events(
-        self, queue: RemoteQueue, after: int, batch: int, context: grpc.aio.ServicerContext
+        self,
+        queue: RemoteQueue,
+        after: int,
+        batch: int,
+        packed: bool,
+        write: Callable[[kqd_pb2.WaitResponse], Awaitable[None]],
+        context: grpc.aio.ServicerContext,
     ) -> None:
-        """The sending half of a Wait stream: until the queue ends (QueueClosedError)."""
+        """The sending half of a stream: until the queue ends (QueueClosedError)."""
         # The first response goes out at once, events or not: the client knows the stream is
         # established and where the queue stands (like etcd's "created" watch response).
         quiet_for = 0.0
@@ -304,18 +436,14 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
             items = await queue.next_batch(after, batch, quiet_for)
             await asyncio.sleep(0)  # collecting and sending are two turns of the loop
             quiet_for = HEARTBEAT_SECONDS
-            response = kqd_pb2.WaitResponse(last_sequence=queue.log.last_sequence)
-            for sequence, ev in items:
-                item = response.events.add()
-                item.sequence = sequence
-                fill_wire(item.event, ev)
+            response = wait_response(items, queue.log.last_sequence, packed)
             try:
-                await asyncio.wait_for(context.write(response), STUCK_SECONDS)
+                await asyncio.wait_for(write(response), STUCK_SECONDS)
             except ExecuteBatchError:
                 # The call ended under the write: the client cancelled it (a consumer that
                 # stopped reading), its deadline passed or its connection broke. Nobody is left
                 # to answer, and gRPC sees the cancellation by itself: not a daemon error.
-                log.debug("queue %s: Wait stream gone at its client", queue.short)
+                log.debug("queue %s: stream gone at its client", queue.short)
                 return
             except TimeoutError:
                 delivery.stuck()

@@ -506,6 +506,45 @@ def test_unregister(fuzz: Fuzz, data: st.DataObject) -> None:
     check(code, details, request, exactly(_receipts_expected(fuzz, queue_id, changes)))
 
 
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_session(fuzz: Fuzz, data: st.DataObject) -> None:
+    """A Session on an unknown queue ends NOT_FOUND at once; on a known one, each changelist
+    gets one reply with its tag: the receipts, or the status Register would have ended with
+    (the session going on)."""
+    queue_id = draw_queue(data, fuzz.queue_id)
+    lists = data.draw(st.lists(changelists(fuzz), max_size=3))
+    start = kqd_pb2.SessionRequest(start=kqd_pb2.WaitRequest(queue_id=queue_id))
+    requests = [start] + [
+        kqd_pb2.SessionRequest(changes=kqd_pb2.SessionChanges(tag=tag, changes=changes))
+        for tag, changes in enumerate(lists, start=1)
+    ]
+    fuzz.calls += 1
+    call = fuzz.stub.Session(iter(requests), timeout=CALL_BOUND)
+    replies = {}
+    try:
+        for response in call:
+            if response.HasField("receipts"):
+                replies[response.receipts.tag] = response.receipts
+                if len(replies) == len(lists):
+                    break
+            elif not lists:
+                break
+    except grpc.RpcError as error:
+        code, details = error.code(), error.details() or ""  # type: ignore[attr-defined]
+        check(code, details, start, exactly(_receipts_expected(fuzz, queue_id, [])))
+        return
+    finally:
+        call.cancel()
+    assert known(queue_id, fuzz), "a Session on an unknown queue must fail"
+    for tag, changes in enumerate(lists, start=1):
+        expected = _receipts_expected(fuzz, queue_id, changes)
+        reply = replies[tag]
+        got = Code.OK if reply.code == 0 else next(c for c in Code if c.value[0] == reply.code)
+        check(got, reply.message, reply, exactly(expected))
+        assert len(reply.receipts) == (len(changes) if expected == Code.OK else 0), str(reply)
+
+
 def _arm(fuzz: Fuzz) -> None:
     """Keep a level-triggered USER knote triggered on the shared queue: a valid Kevent that
     waits returns at once instead of running into its deadline."""
@@ -527,9 +566,7 @@ def _arm(fuzz: Fuzz) -> None:
     ),
     timeout=st.none() | durations(),
 )
-def test_kevent(
-    fuzz: Fuzz, data: st.DataObject, max_events: int, timeout: Duration | None
-) -> None:
+def test_kevent(fuzz: Fuzz, data: st.DataObject, max_events: int, timeout: Duration | None) -> None:
     """Kevent: out-of-range max_events or timeout, bad changes and unknown queues fail with
     their status; anything else returns (events, EV_ERROR entries) or, with no room for an
     error, fails with the errno's status. Only a wait the request asked for may reach the

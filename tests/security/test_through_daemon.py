@@ -272,7 +272,6 @@ def test_descriptor_knote_and_stream_quotas(
     tight_daemon: Daemon, user_a: TestUser, user_b: TestUser, open_dir: Path
 ) -> None:
     program = """
-    import threading
     kq = client.kqueue(lease=30)
     fds = [kq.open("/") for _ in range(2)]
     say(third_fd=outcome(lambda: kq.open("/")))
@@ -280,12 +279,9 @@ def test_descriptor_knote_and_stream_quotas(
     receipts = kq.control(adds, 6, 0)
     say(knote_errors=[r.data for r in receipts])
     first = kq.stream()
-    threading.Thread(target=lambda: next(first), daemon=True).start()
-    while True:  # the first stream holds the only one A may have once the daemon has it
-        second = outcome(lambda: next(client.kqueue(kq.queue_id).stream()))
-        if "error" in second:
-            break
-    say(second_stream=second)
+    kq.control([kevent(0, KQ_FILTER_USER, 0, KQ_NOTE_TRIGGER)], 0)
+    next(first)  # the first stream runs (and holds the only one A may have) while suspended
+    say(second_stream=outcome(lambda: next(client.kqueue(kq.queue_id).stream())))
     """
     got = run_as(user_a, tight_daemon.target, program, open_dir)
     assert "descriptors quota" in got["third_fd"]["message"], got
