@@ -24,8 +24,10 @@ class Daemon:
     pid: int
 
 
-def command(target: str) -> list[str]:
-    return serve_command(target, "--policy", str(POLICY))
+def command(target: str, state: Path) -> list[str]:
+    """``kqd serve`` as a user runs it: with a state directory (durable queues), as by
+    default; ``python -m bench state`` says what that costs."""
+    return serve_command(target, "--policy", str(POLICY), state=state)
 
 
 @contextlib.contextmanager
@@ -33,7 +35,7 @@ def running_daemon() -> Iterator[Daemon]:
     """Start the daemon, yield its target and pid, stop it with SIGTERM."""
     with tempfile.TemporaryDirectory(prefix="kqd-bench-") as directory:
         target = f"unix://{Path(directory) / 'kqd.sock'}"
-        proc = subprocess.Popen(command(target))
+        proc = subprocess.Popen(command(target, Path(directory) / "state"))
         try:
             kqclient.wait_for_daemon(target, timeout=30)
             yield Daemon(target, proc.pid)

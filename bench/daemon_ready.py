@@ -61,7 +61,7 @@ def one_start() -> tuple[float, float]:
         waiter = threading.Thread(target=wait, daemon=True)
         waiter.start()
         start = ns()
-        daemon = subprocess.Popen(command(target))
+        daemon = subprocess.Popen(command(target, Path(directory) / "state"))
         try:
             deadline = time.monotonic() + BOUND
             while not (_accepts(path) and _serving(target)):

@@ -12,27 +12,22 @@ from pathlib import Path
 import kqclient
 
 from bench.daemon import running_daemon
-from kqd.core import kqueue
-from kqd.v1 import kqd_pb2
+from kqd.core import KQ_EV_ADD, KQ_EV_ONESHOT, KQ_FILTER_USER, KQ_NOTE_TRIGGER, kevent, kqueue
 
 
 class RemoteStream:
-    """A remote queue and an open Wait stream on it, read event by event."""
+    """A remote queue and its ``stream()``, kqclient's own (a Session, packed batches), read
+    event by event: the path a user's program takes."""
 
     def __init__(self, client: kqclient.Client) -> None:
         self.kq = client.kqueue()
-        self._responses = client.stub.Wait(kqd_pb2.WaitRequest(queue_id=self.kq.queue_id))
-        next(self._responses)  # the stream is established
-        self._events: Iterator[kqd_pb2.SequencedKevent] = iter(())
+        self._events = self.kq.stream()
+        # Established before any timing: one event through it.
+        self.kq.control([kevent(0, KQ_FILTER_USER, KQ_EV_ADD | KQ_EV_ONESHOT, KQ_NOTE_TRIGGER)], 0)
+        next(self._events)
 
-    def next_event(self) -> kqd_pb2.SequencedKevent:
-        for item in self._events:
-            return item
-        while True:
-            response = next(self._responses)
-            if response.events:
-                self._events = iter(response.events[1:])
-                return response.events[0]
+    def next_event(self) -> kevent:
+        return next(self._events)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from bench import (
     file_latency,
     idle,
     port_latency,
+    register_latency,
     throughput,
 )
 from bench.stats import Results
@@ -226,6 +227,13 @@ def check(results: Results) -> list[str]:
         "fairness: wake-up p99 <= 5 ms while another client registers in bulk",
         t.per_run(("fairness", exit_latency.STREAM, P99)),
         lambda v: v <= 5,
+    )
+    t.ratio(
+        "a change on a running stream (Session) answers faster than a unary Register",
+        ("register", register_latency.SESSION, P50),
+        ("register", register_latency.UNARY_REGISTER, P50),
+        lambda v: v < 1.0,
+        unit="µs",
     )
     t.judge(
         "wait_for_daemon() returns within 100 ms of the daemon serving (worst trial)",
