@@ -24,18 +24,19 @@ class Daemon:
     pid: int
 
 
-def command(target: str, state: Path) -> list[str]:
+def command(target: str, state: Path | None) -> list[str]:
     """``kqd serve`` as a user runs it: with a state directory (durable queues), as by
-    default; ``python -m bench state`` says what that costs."""
+    default (*state* None: ``--no-state``); ``python -m bench state`` says what state costs."""
     return serve_command(target, "--policy", str(POLICY), state=state)
 
 
 @contextlib.contextmanager
-def running_daemon() -> Iterator[Daemon]:
-    """Start the daemon, yield its target and pid, stop it with SIGTERM."""
+def running_daemon(*, durable: bool = True) -> Iterator[Daemon]:
+    """Start the daemon (keeping state unless not *durable*), yield its target and pid, stop
+    it with SIGTERM."""
     with tempfile.TemporaryDirectory(prefix="kqd-bench-") as directory:
         target = f"unix://{Path(directory) / 'kqd.sock'}"
-        proc = subprocess.Popen(command(target, Path(directory) / "state"))
+        proc = subprocess.Popen(command(target, Path(directory) / "state" if durable else None))
         try:
             kqclient.wait_for_daemon(target, timeout=30)
             yield Daemon(target, proc.pid)

@@ -210,6 +210,13 @@ def check(results: Results) -> list[str]:
         unit="/s",
     )
     t.ratio(
+        "the same with --no-state: one stream >= 50% of the in-process core's events/s",
+        ("throughput", throughput.ONE_NO_STATE, 0),
+        ("throughput", throughput.CORE, 0),
+        lambda v: v >= 0.5,
+        unit="/s",
+    )
+    t.ratio(
         "100 streams (aggregate) >= 80% of one stream's events/s",
         ("throughput", throughput.HUNDRED, 0),
         one,

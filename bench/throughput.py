@@ -1,5 +1,7 @@
 """Streaming throughput: events per second to one stream, to 100 streams, and in process.
 
+The daemon keeps state, as ``kqd serve`` does by default (every batch is committed to its
+SQLite log before it is sent); one row repeats the single stream on a daemon with --no-state.
 Every queue's source is 1000 level-triggered USER knotes triggered once: each is reported at
 every retrieval, so it never runs dry and the rate is the delivery path's alone. Each of the 100
 streams has a source of its own as large as the single stream's, so messages are as full; the
@@ -14,6 +16,7 @@ import time
 
 from kqclient import aio
 
+from bench.daemon import running_daemon
 from bench.session import Session
 from bench.stats import Cell, Table
 from kqd.core import KQ_EV_ADD, KQ_FILTER_USER, KQ_NOTE_TRIGGER, kevent, kqueue
@@ -67,6 +70,7 @@ async def remote_rate(target: str, streams: int, seconds: float) -> tuple[float,
 
 CORE = "kqd core in process (the ceiling)"
 ONE = "kqd remote, 1 stream"
+ONE_NO_STATE = "kqd remote, 1 stream, daemon with --no-state"
 HUNDRED = "kqd remote, 100 streams (aggregate)"
 SERVED = "100 streams: how many got events in the window (a count)"
 
@@ -74,10 +78,13 @@ SERVED = "100 streams: how many got events in the window (a count)"
 def measure(session: Session) -> list[Table]:
     seconds = 1.0 if session.quick else 3.0
     one, _ = asyncio.run(remote_rate(session.target, 1, seconds))
+    with running_daemon(durable=False) as stateless:
+        one_no_state, _ = asyncio.run(remote_rate(stateless.target, 1, seconds))
     hundred, served = asyncio.run(remote_rate(session.target, 100, seconds))
     rows: dict[str, list[Cell] | str] = {
         CORE: [core_rate(seconds)],
         ONE: [one],
+        ONE_NO_STATE: [one_no_state],
         HUNDRED: [hundred],
         SERVED: [served],
     }
