@@ -59,16 +59,53 @@ def connect(target: str | None = None, *, tls: TlsClientFiles | None = None) -> 
 def wait_for_daemon(
     target: str | None = None, timeout: float = 10.0, *, tls: TlsClientFiles | None = None
 ) -> None:
-    """Return once kqd at *target* accepts connections; DaemonUnavailable after *timeout*."""
+    """Return once kqd at *target* serves: its health service says SERVING for the kqueue
+    service, so the calls that follow are answered. DaemonUnavailable after *timeout* seconds.
+
+    A Unix socket is probed every PROBE_INTERVAL until something listens there; then (and for
+    other targets, every RETRY_INTERVAL) one health Watch on a new channel reports the status
+    as soon as the daemon sets it: this returns within milliseconds of the daemon serving.
+    """
+    # Imported here: nothing else in this module needs them (kqctl's start-up does not pay).
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from kqclient.target import PROBE_INTERVAL, RETRY_INTERVAL, listening, unix_socket_path
+    from kqd.v1 import kqd_pb2
+
     target = resolve_target(target)
-    with open_channel(target, tls or TlsClientFiles.from_env(), eager=True) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise DaemonUnavailable(
-                f"kqd at {target} did not accept connections within {timeout}s; is "
-                "`kqd serve` running there?"
-            ) from None
+    tls = tls or TlsClientFiles.from_env()
+    service = kqd_pb2.DESCRIPTOR.services_by_name["KQueueService"].full_name
+    request = health_pb2.HealthCheckRequest(service=service)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    # Tried again while time is left: nobody there yet, a connection that broke, a daemon that
+    # is stopping; DEADLINE_EXCEEDED ends the loop (no time left).
+    retried = (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+    path = unix_socket_path(target)
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if path is not None and not listening(path):
+            time.sleep(min(PROBE_INTERVAL, left))
+            continue
+        # A new channel for each try: one whose connection failed would wait out gRPC's
+        # reconnect backoff (100 ms or more) before trying again.
+        with open_channel(target, tls) as channel:
+            call = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=left)
+            try:
+                if any(answer.status == serving for answer in call):
+                    return
+            except grpc.RpcError as error:
+                if error.code() not in retried:  # type: ignore[attr-defined]
+                    raise translate(error, target) from None
+            finally:
+                call.cancel()
+        time.sleep(min(RETRY_INTERVAL, max(0.0, deadline - time.monotonic())))
+    raise DaemonUnavailable(
+        f"kqd at {target} did not serve within {timeout}s; is `kqd serve` running there?"
+    )
 
 
 class RemoteKqueue(QueueRequests):

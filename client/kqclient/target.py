@@ -4,6 +4,7 @@ socket; TLS client files from the arguments or ``KQD_TLS_CA``/``KQD_TLS_CERT``/`
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,13 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1_000),
     ("grpc.use_local_subchannel_pool", 1),
 ]
-# While waiting for a daemon to come up, try again every 20-100 ms rather than gRPC's default
-# backoff (1 s, growing), so a client knows within a fraction of a second.
-EAGER_RECONNECT_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 20),
-    ("grpc.min_reconnect_backoff_ms", 20),
-    ("grpc.max_reconnect_backoff_ms", 100),
-]
+# wait_for_daemon(): how often a Unix socket is probed for a listener (a connect() on a path:
+# under 1% of a core while nobody is there), and the pause after a health call that could not
+# reach the daemon (a new channel per try, about 2-3 ms of CPU: some 5% of a core while a host:port
+# does not answer). gRPC's own reconnect backoff cannot do this: whatever the channel options
+# say, it waits at least 100 ms (+-20% jitter) between two connection attempts.
+PROBE_INTERVAL = 0.01
+RETRY_INTERVAL = 0.05
 
 
 def resolve_target(target: str | None) -> str:
@@ -68,13 +69,27 @@ class TlsClientFiles:
         )
 
 
-def open_channel(
-    target: str, tls: TlsClientFiles | None, *, aio: bool = False, eager: bool = False
-) -> Any:
-    """A gRPC channel to *target* (sync, or asyncio with *aio*); TLS when *tls* is given.
-    *eager*: reconnect quickly (for waiting on a daemon that is starting)."""
-    options = CHANNEL_OPTIONS + (EAGER_RECONNECT_OPTIONS if eager else [])
+def open_channel(target: str, tls: TlsClientFiles | None, *, aio: bool = False) -> Any:
+    """A gRPC channel to *target* (sync, or asyncio with *aio*); TLS when *tls* is given."""
     module = grpc.aio if aio else grpc
     if tls is None:
-        return module.insecure_channel(target, options=options)
-    return module.secure_channel(target, tls.credentials(), options=options)
+        return module.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return module.secure_channel(target, tls.credentials(), options=CHANNEL_OPTIONS)
+
+
+def unix_socket_path(target: str) -> str | None:
+    """The path of a ``unix:`` target (``unix:///abs``, ``unix:/abs``, ``unix:rel``); None for
+    any other target."""
+    if target.startswith("unix://"):
+        return target.removeprefix("unix://")
+    if target.startswith("unix:"):
+        return target.removeprefix("unix:")
+    return None
+
+
+def listening(path: str) -> bool:
+    """True when a connect() to the Unix socket *path* succeeds now (someone listens there;
+    a gRPC server may not have started answering yet)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.setblocking(False)  # a full backlog says EAGAIN (not yet) instead of blocking
+        return probe.connect_ex(path) == 0
