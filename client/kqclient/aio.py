@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -99,31 +99,42 @@ class RemoteKqueue(QueueRequests):
     async def stream(
         self, *, after: int | None = None, max_batch: int = 0
     ) -> AsyncIterator[kevent]:
-        async for first, batch in self._sequenced(after, max_batch):
-            for offset, ev in enumerate(batch):
-                self.last_sequence = first + offset
-                yield ev
+        """Server-streamed events in order, forever, resumed after ``last_sequence`` when the
+        stream breaks. Leaving it (``break``, ``aclose()``, an exception) cancels its call."""
+        async with contextlib.aclosing(self._sequenced(after, max_batch)) as batches:
+            async for first, batch in batches:
+                for offset, ev in enumerate(batch):
+                    self.last_sequence = first + offset
+                    yield ev
 
     async def stream_batches(
         self, *, after: int | None = None, max_batch: int = 0
     ) -> AsyncIterator[list[kevent]]:
         """``stream()`` a message at a time: cheaper per event at high rates."""
-        async for first, batch in self._sequenced(after, max_batch):
-            self.last_sequence = first + len(batch) - 1
-            yield batch
+        async with contextlib.aclosing(self._sequenced(after, max_batch)) as batches:
+            async for first, batch in batches:
+                self.last_sequence = first + len(batch) - 1
+                yield batch
 
     async def _sequenced(
         self, after: int | None, max_batch: int
-    ) -> AsyncIterator[tuple[int, list[kevent]]]:
+    ) -> AsyncGenerator[tuple[int, list[kevent]], None]:
+        """(first sequence, events) per message. Closing this generator cancels the Wait
+        call at once: nothing else would (an ``async for`` does not close what it iterates, and
+        the call lives on in gRPC's own references until a garbage collection), and the daemon
+        would go on sending to it."""
         resume = Resume(self, after, max_batch)
         while True:
+            call = self.client.stub.Wait(resume.request())
             try:
-                async for response in self.client.stub.Wait(resume.request()):
+                async for response in call:
                     first, batch = resume.accept(response)
                     if batch:
                         yield first, batch
             except grpc.RpcError as error:
                 await asyncio.sleep(resume.retry_after(translate(error, self.client.target)))
+            finally:
+                call.cancel()
 
     async def open(self, path: str) -> int:
         return int((await self.client.call(*self._descriptor_call("Open", path=path))).fd)
