@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import math
 import os
 import signal
@@ -33,8 +32,8 @@ from kqd.core.constants import (
     KQ_EV_ADD,
     KQ_EV_CLEAR,
     KQ_EV_EOF,
+    KQ_EV_ERROR,
     KQ_EV_ONESHOT,
-    KQ_EV_RECEIPT,
     KQ_FILTER_PROC,
     KQ_FILTER_VNODE,
     KQ_FILTER_WRITE,
@@ -87,6 +86,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(self.prog, self.format_usage(), message)
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """*record* as one JSON Lines line. json is imported on the first use: text output, the
+    common case, does not pay for it at start-up."""
+    import json
+
+    return json.dumps(record)
+
+
 class Output:
     """Where results and failures go: records as text lines or JSON Lines (``-w``) on stdout,
     failure messages on stderr."""
@@ -96,14 +103,14 @@ class Output:
 
     def emit(self, text: str, record: dict[str, Any]) -> None:
         """One result: *text* in text mode, *record* as one JSON line in json mode."""
-        print(json.dumps(record) if self.json else text, flush=True)
+        print(json_line(record) if self.json else text, flush=True)
 
     def fail(self, message: str, err: int | None = None, **subject: Any) -> None:
         """One failure: ``kqctl: MESSAGE`` on stderr and, in json mode, the record
         ``{**subject, "error": MESSAGE, "errno": ERR}`` on stdout."""
         print(f"kqctl: {message}", file=sys.stderr, flush=True)
         if self.json:
-            print(json.dumps({**subject, "error": message, "errno": err}), flush=True)
+            print(json_line({**subject, "error": message, "errno": err}), flush=True)
 
 
 def warn(message: str) -> None:
@@ -134,24 +141,22 @@ def remaining(deadline: float | None) -> float | None:
 
 
 def cmd_pwait(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) -> int:
-    """FreeBSD pwait(1): wait for all (or, with -o, any) of the pids, children or not."""
-    changes = [
-        kqclient.kevent(pid, KQ_FILTER_PROC, KQ_EV_ADD | KQ_EV_RECEIPT, KQ_NOTE_EXIT)
-        for pid in args.pids
+    """FreeBSD pwait(1): wait for all (or, with -o, any) of the pids, children or not.
+
+    The first Kevent call both registers the pids and waits, as kevent(2) does: a pid that
+    cannot be watched comes back at once as a KQ_EV_ERROR entry (the call then returns without
+    waiting, and the next one waits for the others)."""
+    changes: list[kqclient.kevent] | None = [
+        kqclient.kevent(pid, KQ_FILTER_PROC, KQ_EV_ADD, KQ_NOTE_EXIT) for pid in args.pids
     ]
-    failed = False
-    waiting = set()
-    for receipt in kq.control(changes, len(changes), 0):
-        if receipt.data:
-            out.fail(
-                f"{receipt.ident}: {os.strerror(receipt.data)}", receipt.data, pid=receipt.ident
-            )
-            failed = True
-        else:
-            waiting.add(receipt.ident)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    failed = False
+    waiting = set(args.pids)
     while waiting:
-        events = kq.control(None, len(waiting), remaining(deadline))
+        # Room for one entry per change: every failure is reported, none raised.
+        room = len(changes) if changes else len(waiting)
+        events = kq.control(changes, room, remaining(deadline))
+        changes = None
         if not events:
             for pid in sorted(waiting):
                 out.emit(
@@ -165,12 +170,18 @@ def cmd_pwait(args: argparse.Namespace, kq: kqclient.RemoteKqueue, out: Output) 
                 )
             warn(f"timeout after {args.timeout}s")
             return EXIT_TIMEOUT
+        exited = False
         for ev in events:
             waiting.discard(ev.ident)
+            if ev.flags & KQ_EV_ERROR:
+                out.fail(f"{ev.ident}: {os.strerror(ev.data)}", ev.data, pid=ev.ident)
+                failed = True
+                continue
+            exited = True
             if args.verbose:
                 text, record = describe_status(ev.data)
                 out.emit(f"{ev.ident}: {text}", {"pid": ev.ident, **record})
-        if args.any:
+        if args.any and exited:
             break
     return EXIT_FAILURE if failed else EXIT_OK
 
@@ -629,7 +640,7 @@ def report_usage_error(error: UsageError, out: Output) -> int:
     sys.stderr.flush()
     if out.json:
         record = {"error": f"{error.prog}: {error.message}", "errno": None, "usage": error.usage}
-        print(json.dumps(record), flush=True)
+        print(json_line(record), flush=True)
     return EXIT_USAGE
 
 
