@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from bench.peers import kqctl, need_command
+from bench.peers import byte_compiled, kqctl, need_command
 from bench.rounds import interleaved
 from bench.session import Session
 from bench.stats import Table
@@ -66,7 +66,11 @@ def tail_pid(session: Session) -> Arm:
 
 
 def python(*code: str) -> Callable[[Session], Arm]:
-    return lambda session: _started(lambda: [sys.executable, *code], expect=0)
+    def make(session: Session) -> Arm:
+        byte_compiled()  # `import kqclient` as installed, like kqctl (see byte_compiled)
+        return _started(lambda: [sys.executable, *code], expect=0)
+
+    return make
 
 
 KQCTL = "kqctl pwait, pid gone (command)"
