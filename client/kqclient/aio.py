@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 import grpc
 
-from kqclient.errors import DaemonUnavailable, translate
+from kqclient.errors import DaemonUnavailable, KqdError, translate
 from kqclient.protocol import QueueRequests, Resume, connection_fields, create_request
+from kqclient.session import SessionEnded, changes_request, receipts_of, session_error
 from kqclient.target import TlsClientFiles, open_channel, resolve_target
 from kqd.core.kevent import kevent
-from kqd.v1 import kqd_pb2_grpc
+from kqd.v1 import kqd_pb2, kqd_pb2_grpc
 from kqd.wire import events_from_wire
 
 
@@ -66,12 +68,69 @@ def connect(target: str | None = None, *, tls: TlsClientFiles | None = None) -> 
     return Client(target, tls)
 
 
+class SessionStream:
+    """One Session call of the asyncio client (see kqclient.session for the protocol): a
+    reader task files each changelist's reply for its waiter and event messages in order."""
+
+    def __init__(self, stub: Any, start: kqd_pb2.WaitRequest, target: str) -> None:
+        self._target = target
+        self._call = stub.Session()
+        self._writing = asyncio.Lock()  # gRPC takes one write at a time
+        self._replies: dict[int, asyncio.Future[kqd_pb2.SessionReceipts]] = {}
+        self._events: asyncio.Queue[kqd_pb2.WaitResponse | Exception] = asyncio.Queue()
+        self._tags = itertools.count(1)
+        self._reader = asyncio.create_task(self._read(start))
+
+    async def register(self, changes: list[kevent]) -> list[kevent]:
+        """As the synchronous SessionStream.register()."""
+        tag = next(self._tags)
+        reply = self._replies[tag] = asyncio.get_running_loop().create_future()
+        async with self._writing:
+            await self._call.write(changes_request(tag, changes))
+        return receipts_of(await reply, self._target)
+
+    async def next_events(self) -> kqd_pb2.WaitResponse:
+        """The next events message; raises the stream's error, or SessionEnded."""
+        item = await self._events.get()
+        if isinstance(item, Exception):
+            self._events.put_nowait(item)  # for whoever asks next
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._reader.cancel()
+
+    async def _read(self, start: kqd_pb2.WaitRequest) -> None:
+        failure: Exception
+        try:
+            async with self._writing:
+                await self._call.write(kqd_pb2.SessionRequest(start=start))
+            while (response := await self._call.read()) is not grpc.aio.EOF:
+                if response.HasField("receipts"):
+                    reply = self._replies.pop(response.receipts.tag, None)
+                    if reply is not None and not reply.done():
+                        reply.set_result(response.receipts)
+                else:
+                    self._events.put_nowait(response.events)
+            failure = SessionEnded()
+        except grpc.RpcError as error:
+            failure = session_error(error, self._target)
+        except asyncio.CancelledError:
+            failure = KqdError("the stream was closed on this side (the stream, or its client)")
+        for reply in self._replies.values():
+            if not reply.done():
+                reply.set_exception(failure)
+        self._events.put_nowait(failure)
+
+
 class RemoteKqueue(QueueRequests):
     """The asyncio twin of ``kqclient.RemoteKqueue``."""
 
     def __init__(self, client: Client, queue_id: str) -> None:
         super().__init__(queue_id)
         self.client = client
+        self._session: SessionStream | None = None  # the running stream()'s, if any
 
     async def __aenter__(self) -> RemoteKqueue:
         return self
@@ -93,6 +152,10 @@ class RemoteKqueue(QueueRequests):
         return events_from_wire(response.events)
 
     async def register(self, changes: Iterable[kevent]) -> list[kevent]:
+        """As ``kqclient.RemoteKqueue.register()``: through the running stream's Session."""
+        if self._session is not None:
+            self._check_open()
+            return await self._session.register(list(changes))
         response = await self.client.call("Register", self._register_call(changes))
         return events_from_wire(response.receipts)
 
@@ -119,22 +182,27 @@ class RemoteKqueue(QueueRequests):
     async def _sequenced(
         self, after: int | None, max_batch: int
     ) -> AsyncGenerator[tuple[int, list[kevent]], None]:
-        """(first sequence, events) per message. Closing this generator cancels the Wait
-        call at once: nothing else would (an ``async for`` does not close what it iterates, and
-        the call lives on in gRPC's own references until a garbage collection), and the daemon
-        would go on sending to it."""
+        """(first sequence, events) per message, from a Session. Closing this generator
+        cancels the call at once: nothing else would (an ``async for`` does not close what it
+        iterates, and the call lives on in gRPC's own references until a garbage collection),
+        and the daemon would go on sending to it."""
         resume = Resume(self, after, max_batch)
         while True:
-            call = self.client.stub.Wait(resume.request())
+            session = SessionStream(self.client.stub, resume.request(), self.client.target)
+            self._session = session
             try:
-                async for response in call:
-                    first, batch = resume.accept(response)
+                while True:
+                    first, batch = resume.accept(await session.next_events())
                     if batch:
                         yield first, batch
-            except grpc.RpcError as error:
-                await asyncio.sleep(resume.retry_after(translate(error, self.client.target)))
+            except SessionEnded:
+                continue  # the daemon is stopping: resume at once (it retries while it is down)
+            except DaemonUnavailable as exc:
+                await asyncio.sleep(resume.retry_after(exc))
             finally:
-                call.cancel()
+                if self._session is session:
+                    self._session = None
+                session.close()
 
     async def open(self, path: str) -> int:
         return int((await self.client.call(*self._descriptor_call("Open", path=path))).fd)

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from kqclient.errors import DaemonUnavailable, exception_for, translate
+from kqclient.errors import KqdError, exception_for, translate
 from kqd.core.kevent import kevent
 from kqd.v1 import kqd_pb2
 from kqd.wire import events_from_wire, to_wire
@@ -54,13 +54,8 @@ class SessionStream:
         call would; DaemonUnavailable when the session broke first (the changes may or may not
         have been applied, as with a unary call whose connection broke)."""
         tag = next(self._tags)
-        request = kqd_pb2.SessionChanges(tag=tag, changes=[to_wire(c) for c in changes])
-        self._outbox.put(kqd_pb2.SessionRequest(changes=request))
-        reply = self._read_until(lambda: self._replies.pop(tag, None))
-        if reply.code:
-            err = reply.errno or None
-            raise exception_for(status_code(reply.code), reply.message, err, self._target)
-        return events_from_wire(reply.receipts)
+        self._outbox.put(changes_request(tag, changes))
+        return receipts_of(self._read_until(lambda: self._replies.pop(tag, None)), self._target)
 
     def next_events(self) -> kqd_pb2.WaitResponse:
         """The next events message (a WaitResponse). Raises the stream's error, translated,
@@ -106,11 +101,28 @@ class SessionStream:
         except StopIteration:
             return SessionEnded()
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
-                return DaemonUnavailable("the session was closed")
-            return translate(error, self._target)
+            return session_error(error, self._target)
 
 
-def status_code(number: int) -> grpc.StatusCode:
-    """The grpc.StatusCode numbered *number* (UNKNOWN for a number gRPC does not define)."""
-    return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
+def changes_request(tag: int, changes: list[kevent]) -> kqd_pb2.SessionRequest:
+    return kqd_pb2.SessionRequest(
+        changes=kqd_pb2.SessionChanges(tag=tag, changes=[to_wire(c) for c in changes])
+    )
+
+
+def receipts_of(reply: kqd_pb2.SessionReceipts, target: str) -> list[kevent]:
+    """A changelist's receipts; raises what a Register call would have for a refused one."""
+    if reply.code:
+        code = next(
+            (c for c in grpc.StatusCode if c.value[0] == reply.code), grpc.StatusCode.UNKNOWN
+        )
+        raise exception_for(code, reply.message, reply.errno or None, target)
+    return events_from_wire(reply.receipts)
+
+
+def session_error(error: grpc.RpcError, target: str) -> Exception:
+    """What ends a session's readers and waiting changelists for a failed call. CANCELLED
+    comes from this side (the stream or its client was closed): not worth a reconnect."""
+    if error.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+        return KqdError("the stream was closed on this side (the stream, or its client)")
+    return translate(error, target)

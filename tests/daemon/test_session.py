@@ -12,6 +12,7 @@ kqclient; and Wait's packed form.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from kqclient import (
     KQ_EV_KEEPUDATA,
     KQ_FILTER_USER,
     KQ_NOTE_TRIGGER,
+    aio,
     kevent,
 )
 
@@ -203,3 +205,29 @@ def test_register_during_a_stream_goes_through_its_session(daemon_target: str) -
             [kevent(2, KQ_FILTER_USER, KQ_EV_KEEPUDATA, KQ_NOTE_TRIGGER)]
         )  # unary again
         assert [r.data for r in receipts] == [0]
+
+
+def test_asyncio_register_during_a_stream_goes_through_its_session(daemon_target: str) -> None:
+    async def scenario() -> None:
+        async with aio.connect(daemon_target) as client:
+            kq = await client.kqueue()
+            flags = KQ_EV_ADD | KQ_EV_CLEAR
+            await kq.register([kevent(1, KQ_FILTER_USER, flags, udata=b"first")])
+            await kq.register([kevent(1, KQ_FILTER_USER, KQ_EV_KEEPUDATA, KQ_NOTE_TRIGGER)])
+            stream = kq.stream()
+            assert (await anext(stream)).udata == b"first"
+            assert kq._session is not None, "stream() runs on a Session"
+            receipts = await kq.register([kevent(2, KQ_FILTER_USER, flags, udata=b"second")])
+            assert [r.data for r in receipts] == [0]
+            waiting = asyncio.ensure_future(anext(stream))
+            trigger = kevent(2, KQ_FILTER_USER, KQ_EV_KEEPUDATA, KQ_NOTE_TRIGGER)
+            assert [r.data for r in await kq.register([trigger])] == [0]
+            assert (await asyncio.wait_for(waiting, WAIT_BOUND)).udata == b"second"
+            with pytest.raises(ValueError, match="udata"):
+                await kq.register([kevent(3, KQ_FILTER_USER, flags, udata=b"x" * 65537)])
+            await stream.aclose()
+            assert kq._session is None, "closing the stream ends its session"
+            assert [r.data for r in await kq.register([trigger])] == [0]  # unary again
+            await kq.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), WAIT_BOUND))

@@ -268,6 +268,7 @@ def test_scrape_under_load_is_cheap(tmp_path: Path) -> None:
                 times.append(time.perf_counter() - start)
             got = scrape(ops.port)
             stop.set()
+            reader.join(WAIT_BOUND)  # before its client closes under it
         assert got.get("kqd_knotes", filter="user") == 40 * 500 + 100
         assert got.get("kqd_events_delivered_total", filter="user") > 0
         median = statistics.median(times)
