@@ -119,6 +119,10 @@ class FdTable:
         self.kq = kq
         self._watches: dict[int, FdWatch] = {}
 
+    def knotes(self) -> list[Knote]:
+        """Every knote on a descriptor (READ, WRITE, VNODE): at most a few per descriptor."""
+        return [kn for watch in self._watches.values() for kn in watch.knotes.values()]
+
     def check(self, fd: int) -> None:
         """Before a change on *fd*: EBADF unless it is an open descriptor of the user's;
         a watch left over from an earlier object with that number is dropped."""
