@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -156,22 +156,27 @@ class RemoteKqueue(QueueRequests):
     def stream(self, *, after: int | None = None, max_batch: int = 0) -> Iterator[kevent]:
         """Server-streamed events in order, forever. A broken stream is resumed after the last
         event yielded (``last_sequence``, updated as each event is yielded): nothing is lost,
-        nothing repeats."""
-        for first, batch in self._sequenced(after, max_batch):
-            for offset, ev in enumerate(batch):
-                self.last_sequence = first + offset
-                yield ev
+        nothing repeats. Leaving it (``break``, ``close()``, an exception) ends its call."""
+        with contextlib.closing(self._sequenced(after, max_batch)) as batches:
+            for first, batch in batches:
+                for offset, ev in enumerate(batch):
+                    self.last_sequence = first + offset
+                    yield ev
 
     def stream_batches(
         self, *, after: int | None = None, max_batch: int = 0
     ) -> Iterator[list[kevent]]:
         """``stream()`` a message at a time: cheaper per event at high rates.
         ``last_sequence`` is the last event of the batch yielded."""
-        for first, batch in self._sequenced(after, max_batch):
-            self.last_sequence = first + len(batch) - 1
-            yield batch
+        with contextlib.closing(self._sequenced(after, max_batch)) as batches:
+            for first, batch in batches:
+                self.last_sequence = first + len(batch) - 1
+                yield batch
 
-    def _sequenced(self, after: int | None, max_batch: int) -> Iterator[tuple[int, list[kevent]]]:
+    def _sequenced(
+        self, after: int | None, max_batch: int
+    ) -> Generator[tuple[int, list[kevent]], None, None]:
+        """(first sequence, events) per message, from a Session; closing it ends the call."""
         resume = Resume(self, after, max_batch)
         while True:
             session = SessionStream(self.client.stub, resume.request(), self.client.target)
