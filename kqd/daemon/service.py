@@ -434,11 +434,11 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         quiet_for = 0.0
         while True:
             items = await queue.next_batch(after, batch, quiet_for)
-            await asyncio.sleep(0)  # collecting and sending are two turns of the loop
             quiet_for = HEARTBEAT_SECONDS
             response = wait_response(items, queue.log.last_sequence, packed)
             try:
-                await asyncio.wait_for(write(response), STUCK_SECONDS)
+                async with asyncio.timeout(STUCK_SECONDS):  # no task of its own (wait_for's)
+                    await write(response)
             except ExecuteBatchError:
                 # The call ended under the write: the client cancelled it (a consumer that
                 # stopped reading), its deadline passed or its connection broke. Nobody is left
