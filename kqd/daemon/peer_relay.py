@@ -61,6 +61,21 @@ RESTART_AFTER = 10.0  # seconds: a relay that dies sooner after its start is not
 CLOSE_BOUND = 5.0  # seconds close() waits for the relay to exit before killing it
 _CACHED = 4096  # records kept (one per relayed connection, read on its first call)
 _NAME = re.compile(r"c[0-9]+\.[0-9]+")
+# A directory path this long leaves room under sun_path's 107 bytes for "/.kqd-relay-XXXXXXXX/"
+# and the longest relayed name ("c" + generation + "." + counter: up to ~40 bytes).
+_DEEPEST = 40
+
+
+def _private_directory(beside: Path) -> Path:
+    """A new directory, mode 0700 and ours (mkdtemp), for gRPC's socket and the relayed names:
+    next to the public socket, whose directory kqd may write (under systemd's
+    ProtectSystem=strict, /tmp is read-only and only the RuntimeDirectory is writable); in the
+    temporary directory when that one is too deep for socket names (sun_path holds 107 bytes).
+    """
+    if len(str(beside)) <= _DEEPEST:
+        with contextlib.suppress(OSError):
+            return Path(tempfile.mkdtemp(prefix=".kqd-relay-", dir=beside))
+    return Path(tempfile.mkdtemp(prefix="kqd-relay-"))
 
 
 class PeerCredentialRelay:
@@ -72,7 +87,7 @@ class PeerCredentialRelay:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._dir = Path(tempfile.mkdtemp(prefix="kqd-relay-"))  # mode 0700, ours
+        self._dir = _private_directory(path.parent)
         self.private_target = f"unix:{self._dir / GRPC_SOCKET}"
         self._peer_prefix = f"unix:{self._dir}/"
         self._cache: dict[str, Credentials] = {}

@@ -199,7 +199,7 @@ async def _start_metrics(
 
 
 async def serve(options: ServeOptions) -> int:
-    # The event loop, the peer-credential relay and gRPC's own threads take turns on the GIL.
+    # The event loop and gRPC's own threads take turns on the GIL.
     # Under a busy loop, each handoff waits out the switch interval (5 ms by default), and a
     # call crosses several: a shorter interval keeps other clients' calls quick.
     sys.setswitchinterval(SWITCH_INTERVAL)
