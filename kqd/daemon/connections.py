@@ -18,7 +18,7 @@ import threading
 from typing import Any
 
 RESOLVE_SECONDS = 5.0
-RETRY_SECONDS = 0.005
+RETRY_SECONDS = 0.002  # documented at OpenConnectionRequest.retry_for
 MAX_RETRY_SECONDS = 3600.0
 MAX_RESOLVERS = 32
 
@@ -100,23 +100,79 @@ async def connect_when_listening(
 ) -> int:
     """A descriptor connected to *target*, trying again every RETRY_SECONDS while the connect
     is refused, for up to *retry_for* seconds; then a last non-blocking attempt (whose refusal
-    the client's WRITE knote reports). The loop sleeps between tries: a long wait costs a few
-    syscalls per try, not a core."""
+    the client's WRITE knote reports). Any other failure (unreachable network, ...) raises.
+
+    A try must be cheap, since the wait may be long and the interval short: one socket serves
+    the whole wait (on Linux a TCP socket whose connect was refused is back in its first state
+    once connect(2) has reported the refusal, and may connect again), so a try is two
+    connect(2) calls from a timer callback (~10 us), where a new socket awaited through
+    ``loop.sock_connect`` and ``wait_for`` was ~50 us. On loopback the second call already
+    knows the answer; a connect still under way (a remote host) is waited for with the
+    socket's WRITE readiness. Between tries the loop sleeps: the cost of a wait is one wake-up
+    of the daemon per try."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry_for
-    while loop.time() < deadline:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    fd = sock.fileno()
+    outcome: asyncio.Future[bool] = loop.create_future()  # True: connected; False: time is up
+    timer: asyncio.TimerHandle | None = None
+    watching = False
+
+    def settle(error: int) -> None:
+        nonlocal timer
+        if error in (0, errno.EISCONN):
+            outcome.set_result(True)
+        elif error in (errno.EINPROGRESS, errno.EALREADY):
+            watch(True)
+        elif error != errno.ECONNREFUSED:
+            outcome.set_exception(OSError(error, os.strerror(error)))
+        elif loop.time() + RETRY_SECONDS >= deadline:
+            outcome.set_result(False)
+        else:
+            timer = loop.call_later(RETRY_SECONDS, attempt)
+
+    def watch(on: bool) -> None:
+        nonlocal watching
+        if on and not watching:
+            loop.add_writer(fd, connect_done)
+        elif watching and not on:
+            loop.remove_writer(fd)
+        watching = on
+
+    def attempt() -> None:
+        if not outcome.done():
+            error = sock.connect_ex(target)
+            if error == errno.EINPROGRESS:
+                # On loopback the handshake, or the refusal, is over by now: asking again
+                # gives the answer without a wake-up of the loop for the socket's readiness.
+                error = sock.connect_ex(target)
+            settle(error)
+
+    def connect_done() -> None:
+        watch(False)
+        if not outcome.done():
+            # connect(2) again, not SO_ERROR: it reports the outcome and, when refused, leaves
+            # the socket ready for the next try (after SO_ERROR took the error, the next
+            # connect would only answer ECONNABORTED).
+            settle(sock.connect_ex(target))
+
+    try:
+        sock.setblocking(False)
+        attempt()
         try:
-            sock.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(sock, target), deadline - loop.time())
-        except (ConnectionRefusedError, TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                connected = await outcome
+        except TimeoutError:
+            connected = False  # a connect still under way at the deadline
+    finally:
+        if timer is not None:
+            timer.cancel()
+        watch(False)
+        if not (outcome.done() and not outcome.cancelled() and outcome.exception() is None):
             sock.close()
-            await asyncio.sleep(RETRY_SECONDS)
-            continue
-        except BaseException:
-            sock.close()
-            raise
+    if connected:
         return sock.detach()
+    sock.close()
     return start_connect(family, target)
 
 
