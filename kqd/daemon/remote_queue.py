@@ -65,15 +65,10 @@ FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
 # knote is written down again at the next refresh(); until then the log keeps those events.
 _STATEFUL = (KQ_FILTER_TIMER, KQ_FILTER_VNODE)
 _NOT_A_DESCRIPTOR = 2**62
-SLICE = 256  # items a long loop handles at most between two looks at the clock (Turn)
+SLICE = 256  # items per loop turn where work is counted, not timed (prefer Turn)
 _CHUNK = 32  # changes applied per core call in a sliced changelist
 TURN_SECONDS = 0.0003  # work a call does before letting the loop's other callbacks run
 CLOSE_STEP = 128  # knotes a closing queue drops per step
-
-
-HANDOFF_EVERY = 0.0005  # the most busy time between two chances for other threads to run
-HANDOFF_SECONDS = 0.00005
-_handed_off = 0.0  # when a Turn last let other threads run (the loop has one thread)
 
 
 class Turn:
@@ -82,16 +77,7 @@ class Turn:
     lets every other callback of the loop run once TURN_SECONDS of work has been done since the
     last time. The daemon has one event loop for every client, and a wake-up crosses several of
     its turns, so how long one turn can last bounds every other client's latency; counting
-    items instead would bound it only for the cheapest kind of item.
-
-    The daemon's other threads need a turn too: the peer-credential relay carries every byte
-    of every Unix-socket client. A thread waiting for the GIL asks the running one to give it
-    up only after a whole switch interval without any thread taking it; a loop busy with short
-    turns releases the GIL and takes it back at once in every ``select(0)``, so that request
-    never comes and the relay starved for as long as the work lasted (every call of every
-    client stalled ~0.2 s while a queue of 300,000 knotes was being dropped). So at least every
-    HANDOFF_EVERY of such work the loop thread blocks for HANDOFF_SECONDS, GIL released: a
-    waiting thread takes it then (~2% of the work's time)."""
+    items instead would bound it only for the cheapest kind of item."""
 
     __slots__ = ("_until",)
 
@@ -102,11 +88,6 @@ class Turn:
         return time.perf_counter() >= self._until
 
     async def next(self) -> None:
-        global _handed_off
-        now = time.perf_counter()
-        if now - _handed_off >= HANDOFF_EVERY:
-            time.sleep(HANDOFF_SECONDS)  # blocking on purpose: see the class docstring
-            _handed_off = now = time.perf_counter()
         await asyncio.sleep(0)
         self._until = time.perf_counter() + TURN_SECONDS
 
