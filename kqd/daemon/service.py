@@ -36,7 +36,7 @@ from kqd.daemon.delivery_log import ResumeTooOldError
 from kqd.daemon.identity import Principal, current_principal
 from kqd.daemon.metrics_delivery import delivery
 from kqd.daemon.quotas import Accounts, QuotaExceeded
-from kqd.daemon.remote_queue import SLICE, QueueClosedError, RemoteQueue, Turn, queue_key
+from kqd.daemon.remote_queue import QueueClosedError, RemoteQueue, Turn, queue_key
 from kqd.daemon.restore import object_identity
 from kqd.daemon.store import StateStore
 from kqd.v1 import kqd_pb2, kqd_pb2_grpc
@@ -284,8 +284,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
     ) -> list[kqd_pb2.Kevent]:
         """Apply each change alone; one receipt per change (data 0 or the errno), durable
         before they are returned."""
-        receipts = []
-        for index, change in enumerate(await self._changes(changes, extra_flags), start=1):
+        receipts, turn = [], Turn()
+        for change in await self._changes(changes, extra_flags):
             try:
                 queue.control_now([change], 0)
                 error = 0
@@ -293,8 +293,8 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
                 error = exc.errno or errno.EINVAL
             change.flags, change.data = KQ_EV_ERROR, error
             receipts.append(to_wire(change))
-            if index % SLICE == 0:
-                await asyncio.sleep(0)  # bounded work per loop turn (see RemoteQueue)
+            if turn.due():
+                await turn.next()  # bounded work per loop turn (see Turn)
         queue.persist()  # durable before the receipts leave
         return receipts
 
