@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -200,3 +201,35 @@ def sleeper() -> subprocess.Popen:
     )
     assert child.stdout is not None and child.stdout.readline() == b"ready\n"
     return child
+
+
+def relay_process(daemon_pid: int) -> tuple[int, list[str]]:
+    """The pid and command line of *daemon_pid*'s peer-credential relay process (read from
+    /proc: its children whose command runs relay_process.py)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")[:-1]
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.rsplit(")", 1)[1].split()[1]) == daemon_pid and any(
+            arg.endswith("relay_process.py") for arg in argv
+        ):
+            found.append((int(entry.name), argv))
+    assert len(found) == 1, f"expected one relay process of {daemon_pid}, found {found}"
+    return found[0]
+
+
+def wait_gone(pid: int, bound: float = WAIT_BOUND) -> None:
+    """Wait (bounded) until process *pid*, not necessarily a child, has exited."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([pidfd], [], [], bound)[0], f"process {pid} still runs"
+    finally:
+        os.close(pidfd)

@@ -17,13 +17,12 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from kqd.daemon import peer_relay
 from kqd.daemon.credentials import Credentials
 from kqd.daemon.peer_relay import PeerCredentialRelay
-from tests.conftest import WAIT_BOUND, start_daemon
+from tests.conftest import WAIT_BOUND, relay_process, start_daemon, wait_gone
 
 
 class LogEvent(logging.Handler):
@@ -198,29 +197,24 @@ def test_close_ends_the_relay_process_and_removes_the_directory() -> None:
         client, inner, _ = relayed(relay, private)
         client.close()
         inner.close()
-        seen["process"] = psutil.Process(relay.pid)
+        seen["pid"] = relay.pid
         seen["directory"] = Path(relay.private_target.removeprefix("unix:")).parent
 
     run_with_relay(body)
-    process = seen["process"]
-    assert isinstance(process, psutil.Process) and not process.is_running()
+    assert not Path(f"/proc/{seen['pid']}").exists(), "close() reaps the relay process"
     assert not Path(str(seen["directory"])).exists()
 
 
 def test_a_daemon_killed_outright_takes_its_relay_with_it(tmp_path: Path) -> None:
     daemon = start_daemon(tmp_path)
     try:
-        (relay,) = [
-            child
-            for child in psutil.Process(daemon.process.pid).children()
-            if any(arg.endswith("relay_process.py") for arg in child.cmdline())
-        ]
-        directory = Path(relay.cmdline()[-2])
+        relay, argv = relay_process(daemon.process.pid)
+        directory = Path(argv[-2])
         assert directory.is_dir()
     finally:
         daemon.process.kill()
         daemon.process.wait(WAIT_BOUND)
-    relay.wait(WAIT_BOUND)  # it saw the daemon's end of CONTROL close
+    wait_gone(relay)  # it saw the daemon's end of CONTROL close
     assert not directory.exists()
 
 

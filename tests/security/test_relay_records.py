@@ -9,10 +9,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.conftest import Daemon, start_daemon
+from tests.conftest import Daemon, relay_process, start_daemon
 from tests.security.as_user import run_as
 from tests.security.users import SHARED_GROUP, TestUser
 
@@ -29,12 +28,7 @@ def daemon(test_users: tuple[TestUser, TestUser]) -> Iterator[Daemon]:
 
 def private_directory(daemon: Daemon) -> Path:
     """The relay's private directory, from its process's command line."""
-    (relay,) = [
-        child
-        for child in psutil.Process(daemon.process.pid).children()
-        if any(arg.endswith("relay_process.py") for arg in child.cmdline())
-    ]
-    return Path(relay.cmdline()[-2])
+    return Path(relay_process(daemon.process.pid)[1][-2])
 
 
 def test_the_private_directory_is_roots_alone(daemon: Daemon) -> None:
