@@ -177,6 +177,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         self.store = store
         self.queues: dict[str, RemoteQueue] = {}  # by queue_key(queue id)
         self.stopping = False
+        self._stopped = asyncio.Event()  # set with stopping: wakes what waits on no queue
 
     @staticmethod
     def _caller() -> Principal:
@@ -331,7 +332,16 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         # is applied until its receipts are written, so no event its changes caused (collected
         # after they were applied) can go out first.
         requests = aiter(request_iterator)
-        first = await anext(requests, None)
+        # Waiting for the start message is waiting on no queue: shutdown must end it too (else
+        # gRPC cancels it at the end of the grace period, and logs that as an error).
+        reading = asyncio.ensure_future(anext(requests, None))
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        await asyncio.wait({reading, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not reading.done():
+            reading.cancel()
+            await abort(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        first = reading.result()
         if first is None or first.WhichOneof("request") != "start":
             raise ValueError("a Session's first message must be start (a WaitRequest)")
         writing = asyncio.Lock()
@@ -569,6 +579,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         """End every queue now: waiting calls fail with UNAVAILABLE, Wait streams end with
         status OK, and new calls are refused."""
         self.stopping = True
+        self._stopped.set()
         for queue in list(self.queues.values()):
             queue.refresh()
             self._end(queue, SHUTTING_DOWN, forget=False)

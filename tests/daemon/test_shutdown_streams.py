@@ -93,3 +93,28 @@ def test_sigterm_with_a_client_library_stream_is_clean(tmp_path: Path) -> None:
     finally:
         client.close()
     _assert_clean(log)
+
+
+def test_sigterm_with_a_session_not_started_yet_is_clean(tmp_path: Path) -> None:
+    """A Session whose client has not sent its start message waits on no queue: shutdown
+    ends it with UNAVAILABLE instead of leaving it to gRPC's cancellation at the end of the
+    grace period (which gRPC logs as an error)."""
+    daemon = start_daemon(tmp_path, log_level="info")
+    with kqclient.connect(daemon.target) as client:
+        never = threading.Event()
+
+        def no_requests() -> Iterator[kqd_pb2.SessionRequest]:
+            never.wait()  # until the test ends: then half-close, having sent nothing
+            yield from ()
+
+        call = client.stub.Session(no_requests())
+        ended: list[object] = []
+        reader = threading.Thread(target=_drain, args=(call, ended), daemon=True)
+        reader.start()
+        # A round trip on the same connection after it: the Session has reached the daemon.
+        client.kqueue().close()
+        log = _stop_and_read_log(daemon)
+        reader.join(WAIT_BOUND)
+        assert ended == [grpc.StatusCode.UNAVAILABLE], ended
+        never.set()
+    _assert_clean(log)
