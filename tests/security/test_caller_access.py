@@ -357,19 +357,21 @@ def test_two_hundred_opens_stay_bounded(user_a: TestUser, open_dir: Path) -> Non
         os.close(await access.open(creds, str(path)))
         steady = fd_count()  # the helper's socket, and the loop's own descriptors
         fds = [await access.open(creds, str(path)) for _ in range(200)]
-        assert fd_count() == steady + 200
+        assert len(set(fds)) == 200 and fd_count() <= steady + 200
         assert len(access.helper_pids()) == 1
         for fd in fds:
             os.close(fd)
-        assert fd_count() == steady
+        assert fd_count() <= steady
         fds = await asyncio.gather(*(access.open(creds, str(path)) for _ in range(200)))
         assert len(set(fds)) == 200 and len(access.helper_pids()) == 1
         for fd in fds:
             os.close(fd)
-        assert fd_count() == steady
+        assert fd_count() <= steady
 
     run(scenario)
-    assert fd_count() == before
+    # At most: descriptors of earlier tests (gRPC channels, daemons' pipes) may still close
+    # meanwhile; a leak shows as more.
+    assert fd_count() <= before
 
 
 def test_a_killed_helper_fails_its_request_and_is_replaced(user_a: TestUser, secret: Path) -> None:
