@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import itertools
 import os
 import secrets
 import time
@@ -68,6 +69,7 @@ _NOT_A_DESCRIPTOR = 2**62
 SLICE = 256  # items per loop turn where work is counted, not timed (prefer Turn)
 _CHUNK = 32  # changes applied per core call in a sliced changelist
 TURN_SECONDS = 0.0003  # work a call does before letting the loop's other callbacks run
+PERSIST_SLICE = 64  # knotes written down between two looks at the clock (~4 us each)
 CLOSE_STEP = 128  # knotes a closing queue drops per step
 
 
@@ -236,21 +238,38 @@ class RemoteQueue:
 
     def persist(self) -> None:
         """Write down every knote touched since the last time, and make it all durable."""
-        store = self.store
-        if store is None:
-            return
+        if self.store is not None:
+            self._write_touched(len(self._dirty))
+            self.store.commit()
+
+    async def persist_in_turns(self) -> None:
+        """``persist()`` with bounded work per loop turn (Turn): a changelist of ten thousand
+        knotes is written down (~40 ms of snapshots and rows) without holding up every other
+        client. Whatever another call's ``persist()`` writes meanwhile is simply done."""
+        turn = Turn()
+        while self.store is not None and self._dirty:
+            self._write_touched(PERSIST_SLICE)
+            if turn.due():
+                await turn.next()
+        if self.store is not None:
+            self.store.commit()
+
+    def _write_touched(self, count: int) -> None:
+        """Write down (not yet durably) up to *count* of the knotes touched."""
+        assert self.store is not None
+        touched = list(itertools.islice(self._dirty.items(), count))
         puts, drops = [], []
-        for (number, filter_), (ident, _) in self._dirty.items():
+        for (number, filter_), (ident, _) in touched:
             snapshot = self.kq.snapshot(ident, filter_)
             if snapshot is None:
                 drops.append((number, filter_))
             else:
                 snapshot.change.ident = number
                 puts.append(snapshot)
-        store.put_knotes(self.key, puts, self.log.last_sequence)
-        store.drop_knotes(self.key, drops)
-        self._dirty.clear()
-        store.commit()
+        self.store.put_knotes(self.key, puts, self.log.last_sequence)
+        self.store.drop_knotes(self.key, drops)
+        for client_key, _ in touched:
+            del self._dirty[client_key]
 
     def refresh(self) -> None:
         """Write down the USER knotes delivered since the last refresh, and let the log on

@@ -25,6 +25,7 @@ import json
 import os
 import sqlite3
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,9 @@ class StateStore:
     def __init__(self, directory: Path, *, sync: str = "normal", reset: bool = False) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = directory / "kqd.sqlite3"
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpointing = threading.Lock()
+        self._closed = False
         if reset:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
@@ -174,7 +178,14 @@ class StateStore:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            # SQLite's own checkpoints run inside the commit that crosses 1,000 WAL pages,
+            # copying megabytes while the event loop waits (tens of ms under bulk writes):
+            # checkpoint() does it instead, from a thread, on a connection of its own.
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate()
+            # Knotes of queues dropped while their rows were being deleted (drop_knotes_of)
+            # when the daemon stopped: nothing loads them, so they go now.
+            self._db.execute("DELETE FROM knotes WHERE key NOT IN (SELECT key FROM queues)")
             self._db.execute("BEGIN")
             self._committed = self._db.total_changes
         except sqlite3.DatabaseError as exc:
@@ -220,8 +231,18 @@ class StateStore:
         )
 
     def drop_queue(self, key: str) -> None:
-        for table in ("queues", "descriptors", "knotes", "batches"):
+        """Forget a queue: at once for everything but its knotes, which may be hundreds of
+        thousands of rows: ``drop_knotes_of()`` deletes them a bounded number at a time (once
+        the queue's row is gone, nothing loads them again)."""
+        for table in ("queues", "descriptors", "batches"):
             self._db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+
+    def drop_knotes_of(self, key: str, limit: int) -> int:
+        """Delete up to *limit* knotes of a dropped queue; how many were deleted."""
+        return self._db.execute(
+            "DELETE FROM knotes WHERE rowid IN (SELECT rowid FROM knotes WHERE key = ? LIMIT ?)",
+            (key, limit),
+        ).rowcount
 
     def put_descriptor(self, key: str, fd: int, kind: str, spec: dict[str, Any]) -> None:
         self._db.execute(
@@ -285,9 +306,24 @@ class StateStore:
             self._db.execute("BEGIN")
             self._committed = self._db.total_changes
 
+    def checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database file, blocking no writer (PASSIVE).
+        Meant to run in a thread of its own (sqlite3 releases the GIL meanwhile), about once a
+        second, so the WAL stays small."""
+        with self._checkpointing:  # close() may come while a checkpoint runs
+            if self._closed:
+                return
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, check_same_thread=False)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> None:
         self.commit()
-        self._db.close()
+        with self._checkpointing:
+            self._closed = True
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+        self._db.close()  # the last connection: SQLite checkpoints the WAL whole
 
     # ------------------------------------------------------------------ reading back
 
