@@ -575,17 +575,14 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
             await asyncio.sleep(0)
 
     async def housekeeping(self) -> None:
-        """Once a second: let go of peer descriptors their owners closed (kcmp), checkpoint
-        the state store's WAL (in a thread), and close queues nobody has used for their lease
-        (their descriptors go with them)."""
+        """Once a second: let go of peer descriptors their owners closed (kcmp), and close
+        queues nobody has used for their lease (their descriptors go with them)."""
         while True:
             await asyncio.sleep(min(self.lease, HOUSEKEEPING_SECONDS))
             for queue in self.queues.values():
                 for fd in queue.release_abandoned_peer_fds():
                     log.info("queue %s: descriptor %d closed by its owner", queue.short, fd)
                 queue.refresh()
-            if self.store is not None and not self.stopping:
-                await asyncio.to_thread(self.store.checkpoint)
             now = time.monotonic()
             for queue in [q for q in self.queues.values() if q.expired(now)]:
                 log.debug("queue %s closed: idle for its lease", queue.short)

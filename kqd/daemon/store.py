@@ -25,7 +25,6 @@ import json
 import os
 import sqlite3
 import struct
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,9 +167,6 @@ class StateStore:
     def __init__(self, directory: Path, *, sync: str = "normal", reset: bool = False) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = directory / "kqd.sqlite3"
-        self._checkpointer: sqlite3.Connection | None = None
-        self._checkpointing = threading.Lock()
-        self._closed = False
         if reset:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
@@ -178,10 +174,6 @@ class StateStore:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-            # SQLite's own checkpoints run inside the commit that crosses 1,000 WAL pages,
-            # copying megabytes while the event loop waits (tens of ms under bulk writes):
-            # checkpoint() does it instead, from a thread, on a connection of its own.
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate()
             # Knotes of queues dropped while their rows were being deleted (drop_knotes_of)
             # when the daemon stopped: nothing loads them, so they go now.
@@ -306,24 +298,9 @@ class StateStore:
             self._db.execute("BEGIN")
             self._committed = self._db.total_changes
 
-    def checkpoint(self) -> None:
-        """Copy the WAL's committed pages into the database file, blocking no writer (PASSIVE).
-        Meant to run in a thread of its own (sqlite3 releases the GIL meanwhile), about once a
-        second, so the WAL stays small."""
-        with self._checkpointing:  # close() may come while a checkpoint runs
-            if self._closed:
-                return
-            if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(self.path, check_same_thread=False)
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
     def close(self) -> None:
         self.commit()
-        with self._checkpointing:
-            self._closed = True
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-        self._db.close()  # the last connection: SQLite checkpoints the WAL whole
+        self._db.close()
 
     # ------------------------------------------------------------------ reading back
 
