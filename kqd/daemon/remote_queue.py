@@ -66,7 +66,6 @@ FD_FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE, KQ_FILTER_VNODE)
 # knote is written down again at the next refresh(); until then the log keeps those events.
 _STATEFUL = (KQ_FILTER_TIMER, KQ_FILTER_VNODE)
 _NOT_A_DESCRIPTOR = 2**62
-SLICE = 256  # items per loop turn where work is counted, not timed (prefer Turn)
 _CHUNK = 32  # changes applied per core call in a sliced changelist
 TURN_SECONDS = 0.0003  # work a call does before letting the loop's other callbacks run
 PERSIST_SLICE = 64  # knotes written down between two looks at the clock (~4 us each)

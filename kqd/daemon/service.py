@@ -330,7 +330,7 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
     @rpc_errors
     async def Session(self, request_iterator, context):  # noqa: N802
         # etcd's Watch shape: this handler sends (the Wait loop), a task receives changelists
-        # (SessionReceiver). One lock orders the writes: a changelist holds it from before it
+        # (receive, run alongside). One lock orders the writes: a changelist holds it from before it
         # is applied until its receipts are written, so no event its changes caused (collected
         # after they were applied) can go out first.
         requests = aiter(request_iterator)
@@ -377,11 +377,9 @@ class KQueueService(kqd_pb2_grpc.KQueueServiceServicer):
         Register call would have ended with; the session goes on)."""
         try:
             receipts = await self._apply_each(queue, request.changes)
-        except QueueClosedError:
-            raise
         except Exception as exc:
             failure = failure_of(exc, "Session changes")
-            if failure is None:
+            if failure is None:  # the queue closed (QueueClosedError), or a daemon bug
                 raise
             return kqd_pb2.SessionReceipts(
                 tag=request.tag,
