@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,15 @@ class OpsDaemon:
 
     def scrape(self) -> Samples:
         return scrape(self.port)
+
+    def scrape_when(self, ready: Callable[[Samples], bool]) -> Samples:
+        """A scrape once *ready* holds for it (bounded by WAIT_BOUND; then the last one): the
+        daemon counts a call or a sent event when gRPC tells it the call ended or the write
+        completed, which can be just after the client has seen it."""
+        deadline = time.monotonic() + WAIT_BOUND
+        while not ready(got := self.scrape()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return got
 
 
 def start_ops_daemon(directory: Path, *extra: str, log_level: str | None = None) -> OpsDaemon:

@@ -65,7 +65,9 @@ def test_known_workload(ops_daemon: OpsDaemon) -> None:
         users.control([kevent(1, KQ_FILTER_USER, KQ_EV_ADD | KQ_EV_CLEAR)], 0)
         stream = users.stream()
         deliver(users, stream, USER_EVENTS)
-        got = ops_daemon.scrape()
+        got = ops_daemon.scrape_when(
+            lambda got: got.get("kqd_delivery_latency_seconds_count") == USER_EVENTS
+        )
 
     assert got.get("kqd_queues") == 3
     knotes = got.by_label("kqd_knotes", "filter")
@@ -149,7 +151,7 @@ def test_resume_refused_and_log_size(ops_daemon: OpsDaemon) -> None:
             with pytest.raises(grpc.RpcError) as refused:
                 next(stub.Wait(request, timeout=WAIT_BOUND))
         assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
-        got = ops_daemon.scrape()
+        got = ops_daemon.scrape_when(lambda got: got.get("kqd_resume_refused_total") == 1)
     assert got.get("kqd_resume_refused_total") == 1
     wait = {"service": "kqd.v1.KQueueService", "method": "Wait", "code": "OUT_OF_RANGE"}
     assert got.get("kqd_rpcs_total", **wait) == 1
