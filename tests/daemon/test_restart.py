@@ -36,7 +36,7 @@ from kqclient import (
     kevent,
 )
 
-import kqd.core
+import kqd.core.linux.proc
 from kqd.daemon.server import serve_command
 from tests.conftest import WAIT_BOUND, sleeper
 
@@ -276,7 +276,7 @@ import json, os, signal, subprocess, sys, time
 sys.path[:0] = {paths!r}
 import kqclient
 from kqclient import KQ_EV_ADD, KQ_FILTER_PROC, KQ_NOTE_EXIT, kevent
-import kqd.core
+import kqd.core.linux.proc
 from kqd.daemon.server import serve_command
 
 target, state = "unix://{directory}/ns.sock", {state!r}
@@ -287,11 +287,19 @@ def start():
 
 daemon = start()
 old = subprocess.Popen(["sleep", "60"])
+old_start = kqd.core.linux.proc.process_start_time(old.pid)
 client = kqclient.connect(target)
 kq = client.kqueue()
 kq.control([kevent(old.pid, KQ_FILTER_PROC, KQ_EV_ADD, KQ_NOTE_EXIT, 0, b"old")], 0)
 daemon.kill(); daemon.wait()
 old.kill(); old.wait()
+# kqd tells processes apart by pid and start time, which counts clock ticks (10 ms): a newcomer
+# on the same pid within the old one's tick would be the same process to it. A real pid reuse
+# comes only once the pid space has cycled, far later; here it is forced, so wait (bounded by
+# one tick) until the tick has moved on.
+ticks = os.sysconf("SC_CLK_TCK")
+while time.clock_gettime(time.CLOCK_BOOTTIME) * ticks < old_start + 2:
+    time.sleep(0.001)
 with open("/proc/sys/kernel/ns_last_pid", "w") as f:
     f.write(str(old.pid - 1))
 newcomer = subprocess.Popen(["sleep", "60"])
